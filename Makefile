@@ -1,0 +1,29 @@
+# slimzoo: `make zoo` builds the environment and runs the zoo; `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= runs/zoo
+PROFILE ?= default
+
+.PHONY: env zoo zoo-smoke test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+env: $(VENV)/.installed
+
+zoo: env
+	$(VENV)/bin/slimzoo zoo --out $(OUT) --profile $(PROFILE)
+
+zoo-smoke: env
+	$(VENV)/bin/slimzoo zoo --out runs/zoo-smoke --profile smoke
+
+test: env
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf runs build *.egg-info

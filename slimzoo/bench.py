@@ -1,0 +1,54 @@
+"""Measure what a deployable model costs: latency in ONNX Runtime, FLOPs, parameters, file size."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Storage size of a file in MB (10^6 bytes, as model zoos report)."""
+    return os.path.getsize(path) / 1e6
+
+
+def count_flops_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(FLOPs, parameters) of one forward pass; FLOPs count multiply-accumulates, as torchvision and PaddleSlim do."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    macs, params = tp.utils.count_ops_and_params(model.eval(), example_inputs)
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def benchmark_latency(path: str | Path, input_shape: tuple[int, ...], *, threads=(1, 2, 4), warmup: int = 5,
+                      runs: int = 30, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Latency (ms) of one ``session.run`` on a fixed input, per intra-op thread count.
+
+    The timed region is the ONNX Runtime call alone (no pre/post-processing). Returns
+    ``{"1": {"median": .., "p90": ..}, ...}``.
+    """
+    from .runtime import ort_session
+
+    x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
+    out = {}
+    for t in threads:
+        sess = ort_session(path, threads=t)
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        out[str(t)] = {"median": round(statistics.median(times), 3),
+                       "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
+        del sess
+    return out

@@ -1,0 +1,252 @@
+"""The ``slimzoo`` command: a thin layer that builds configs and calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, SlimzooError
+
+
+def _task(args, data: str | None = None):
+    from .tasks import get_task
+
+    return get_task("classification", data_root=data or args.data, image_size=args.image_size,
+                    batch_size=args.batch_size, num_workers=args.workers,
+                    skip_bad_samples=getattr(args, "skip_bad_samples", False))
+
+
+def _model(args, num_classes: int | None = None):
+    """A model from ``--checkpoint DIR`` or ``--model NAME [--weights FILE]``."""
+    from .checkpoint import load_checkpoint
+    from .models import create_model
+
+    if getattr(args, "checkpoint", None):
+        return load_checkpoint(args.checkpoint)[0]
+    if not getattr(args, "model", None):
+        raise ConfigError("give --checkpoint DIR (from `slimzoo train`) or --model NAME [--weights FILE]")
+    return create_model(args.model, num_classes=args.num_classes or num_classes or 1000,
+                        width_mult=args.width_mult, weights=args.weights).eval()
+
+
+def cmd_list_models(args) -> None:
+    from .models import list_models, model_task
+
+    for n in list_models(args.pattern):
+        print(f"{n}\t{model_task(n)}")
+
+
+def cmd_data_synth(args) -> None:
+    if args.task != "cls":
+        raise ConfigError(f"--task {args.task}: only 'cls' is available so far")
+    from .data.synth_cls import write_synth_cls
+
+    out = write_synth_cls(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size, seed=args.seed)
+    print(f"wrote synthetic classification dataset to {out}")
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .models import create_model
+    from .training import TrainConfig, fit
+
+    task = _task(args)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                      weight_decay=args.weight_decay, amp=args.amp, seed=args.seed, num_workers=args.workers)
+    torch.manual_seed(cfg.seed)
+    model = create_model(args.model, num_classes=task.num_classes, width_mult=args.width_mult, weights=args.weights)
+    out = Path(args.out)
+    model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt")
+    metrics = task.evaluate(_torch_predictor(model), progress=True)
+    save_checkpoint(model, out, {"model": args.model, "num_classes": task.num_classes,
+                                 "width_mult": args.width_mult, "image_size": args.image_size,
+                                 "classes": task.classes, "data": str(args.data), "train": cfg.to_dict(),
+                                 "val_metrics": metrics})
+    (out / "train_state.pt").unlink(missing_ok=True)
+    print(json.dumps({"checkpoint": str(out), **metrics}, indent=2))
+
+
+def _torch_predictor(model):
+    from .runtime import TorchPredictor
+
+    return TorchPredictor(model)
+
+
+def cmd_eval(args) -> None:
+    from .runtime import OnnxPredictor
+
+    task = _task(args)
+    predictor = OnnxPredictor(args.onnx, threads=args.threads) if args.onnx else _torch_predictor(
+        _model(args, task.num_classes))
+    metrics = task.evaluate(predictor, progress=True)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from .export import export_onnx
+
+    model = _model(args)
+    path = export_onnx(model, args.out, torch.randn(1, 3, args.image_size, args.image_size))
+    print(f"wrote {path}")
+
+
+def cmd_quant(args) -> None:
+    import torch
+
+    from .quant import PTQConfig, quantize
+
+    task = _task(args)
+    model = _model(args, task.num_classes)
+    cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
+                    keep_fp32=args.keep_fp32 or [])
+    path = quantize(model, torch.randn(1, 3, args.image_size, args.image_size),
+                    task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size), args.out, cfg)
+    print(f"wrote {path}")
+    if not args.no_eval:
+        from .runtime import OnnxPredictor
+
+        print(json.dumps(task.evaluate(OnnxPredictor(path), progress=True), indent=2))
+
+
+def cmd_bench(args) -> None:
+    from .bench import benchmark_latency, file_size_mb
+
+    lat = benchmark_latency(args.onnx, (1, 3, args.input_size, args.input_size), threads=tuple(args.threads),
+                            warmup=args.warmup, runs=args.runs)
+    res = {"file": args.onnx, "size_mb": round(file_size_mb(args.onnx), 3), "input_size": args.input_size,
+           "latency_ms": lat}
+    print(json.dumps(res, indent=2))
+    if args.json:
+        from .storage import write_json
+
+        write_json(args.json, res)
+
+
+def cmd_zoo(args) -> None:
+    from .zoo import Zoo
+
+    roots = {}
+    for item in args.data_root or []:
+        if "=" not in item:
+            raise ConfigError(f"--data-root expects NAME=PATH (e.g. synth-cls=/data/imagenet), got {item!r}")
+        k, v = item.split("=", 1)
+        roots[k] = v
+    zoo = Zoo(Path(args.out), profile_name=args.profile, recipes_dir=Path(args.recipes), data_roots=roots)
+    zoo.run(args.rows, force=args.force)
+    print((Path(args.out) / "ZOO.md").read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .zoo import RECIPES_DIR
+
+    p = argparse.ArgumentParser(prog="slimzoo", description="Compress PyTorch vision models (INT8 quantization, "
+                                "structured pruning) and measure accuracy, size and latency.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_args(sp, need_data=True):
+        sp.add_argument("--data", required=need_data, help="dataset folder (list format or folder-per-class)")
+        sp.add_argument("--image-size", type=int, default=224, help="train/eval resolution (default 224)")
+        sp.add_argument("--batch-size", type=int, default=64)
+        sp.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+        sp.add_argument("--skip-bad-samples", action="store_true",
+                        help="skip unreadable images (counted) instead of stopping")
+
+    def model_args(sp):
+        sp.add_argument("--checkpoint", help="a checkpoint folder written by `slimzoo train`")
+        sp.add_argument("--model", help="registered model name (see `slimzoo list-models`)")
+        sp.add_argument("--weights", help="local state_dict file (.safetensors or torch; loaded weights_only)")
+        sp.add_argument("--num-classes", type=int, default=None)
+        sp.add_argument("--width-mult", type=float, default=1.0)
+
+    sp = sub.add_parser("list-models", help="list registered models")
+    sp.add_argument("pattern", nargs="?", default="*")
+    sp.set_defaults(func=cmd_list_models)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    sp = data.add_parser("synth", help="write a deterministic synthetic dataset in a real format")
+    sp.add_argument("--task", choices=["cls"], default="cls")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--num-train", type=int, default=8000)
+    sp.add_argument("--num-val", type=int, default=1000)
+    sp.add_argument("--size", type=int, default=72, help="image side in pixels")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_data_synth)
+
+    sp = sub.add_parser("train", help="train a registered model; writes model.safetensors + config.json")
+    data_args(sp)
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--weights", help="initial weights (state_dict file)")
+    sp.add_argument("--width-mult", type=float, default=1.0)
+    sp.add_argument("--out", required=True, help="checkpoint folder")
+    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    sp.add_argument("--weight-decay", type=float, default=0.05)
+    sp.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on AMX CPUs)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="Top-1/Top-5 of a checkpoint, a state_dict or an ONNX file")
+    data_args(sp)
+    model_args(sp)
+    sp.add_argument("--onnx", help="evaluate this ONNX file in ONNX Runtime instead")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("export", help="export to ONNX (opset 17, dynamic batch and size)")
+    model_args(sp)
+    sp.add_argument("--image-size", type=int, default=224)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("quant", help="INT8 post-training quantization to a QDQ ONNX file")
+    data_args(sp)
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="output .onnx path")
+    sp.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax")
+    sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
+    sp.add_argument("--keep-fp32", nargs="*", help="ONNX node names to leave in float")
+    sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
+    sp.set_defaults(func=cmd_quant)
+
+    sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime at 1/2/4 threads")
+    sp.add_argument("--onnx", required=True)
+    sp.add_argument("--input-size", type=int, default=224)
+    sp.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    sp.add_argument("--warmup", type=int, default=5)
+    sp.add_argument("--runs", type=int, default=30)
+    sp.add_argument("--json", help="also write the result to this JSON file")
+    sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("zoo", help="run zoo rows into OUT/results.json and OUT/ZOO.md (resumable)")
+    sp.add_argument("--out", default="runs/zoo")
+    sp.add_argument("--rows", nargs="*", help="row ids (default: all)")
+    sp.add_argument("--profile", default="default", help="default | smoke | full")
+    sp.add_argument("--recipes", default=str(RECIPES_DIR))
+    sp.add_argument("--data-root", action="append", metavar="NAME=PATH",
+                    help="use your own dataset for a recipe dataset name (e.g. synth-cls=/data/imagenet)")
+    sp.add_argument("--force", action="store_true", help="recompute the selected rows")
+    sp.set_defaults(func=cmd_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SlimzooError as e:
+        print(f"slimzoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimzoo: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Export to ONNX (opset 17, TorchScript exporter, dynamic batch and spatial size) and BN folding."""
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .storage import atomic_write
+
+OPSET = 17
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every Conv->BatchNorm pair folded into the conv.
+
+    Conv modules keep their qualified names, so their weights keep their names in the ONNX file.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval(), inplace=True)
+
+
+def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,
+                opset: int = OPSET, dynamic: bool = True, output_names: list[str] | None = None) -> Path:
+    """Write ``model`` as an ONNX file (checked with ``onnx.checker``), atomically."""
+    import onnx
+
+    model = model.eval()
+    output_names = output_names or ["output"]
+    dyn = None
+    if dynamic:
+        dyn = {"input": {0: "batch", 2: "height", 3: "width"}}
+        dyn.update({n: {0: "batch"} for n in output_names})
+
+    def _write(tmp: str) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example_inputs,), tmp, opset_version=opset, input_names=["input"],
+                              output_names=output_names, dynamic_axes=dyn, do_constant_folding=True,
+                              dynamo=False)
+        onnx.checker.check_model(tmp)
+    return atomic_write(path, _write)

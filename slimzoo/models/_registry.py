@@ -1,0 +1,63 @@
+"""Model registry: one name per variant, keyword-only builders (in the spirit of timm)."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}
+
+
+def register_model(task: str) -> Callable:
+    """Register a builder ``fn(*, num_classes, width_mult=1.0, **kw)`` under its function name."""
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[fn.__name__] = fn
+        _TASKS[fn.__name__] = task
+        return fn
+    return deco
+
+
+def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
+    """Names of registered models matching a glob ``pattern`` (and ``task`` if given)."""
+    return sorted(n for n in _MODELS
+                  if fnmatch.fnmatch(n, pattern) and (task is None or _TASKS[n] == task))
+
+
+def model_task(name: str) -> str:
+    """The task (classification, detection, segmentation) a registered model serves."""
+    _check(name)
+    return _TASKS[name]
+
+
+def _check(name: str) -> None:
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+
+
+def create_model(name: str, *, num_classes: int = 1000, width_mult: float = 1.0,
+                 weights: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; ``weights`` is an optional local state_dict file to load."""
+    _check(name)
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if not 0 < width_mult <= 4:
+        raise ConfigError(f"width_mult must be in (0, 4], got {width_mult}")
+    model = _MODELS[name](num_classes=num_classes, width_mult=width_mult, **kwargs)
+    if weights:
+        from ..storage import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` (never below 90% of ``v``), as MobileNet does."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v

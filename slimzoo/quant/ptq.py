@@ -1,0 +1,76 @@
+"""Post-training static INT8 quantization: fold BN, export, calibrate, write QDQ ONNX."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .calibrate import collect_ranges
+from .qdq import QdqPlan, plan_qdq, write_qdq
+from .qparams import QuantParams, activation_qparams, weight_qparams
+
+
+@dataclass
+class PTQConfig:
+    """Settings of post-training quantization (per-channel int8 weights, uint8 activations)."""
+
+    calibration: str = "minmax"  # minmax | percentile
+    percentile: float = 99.99
+    num_calibration: int = 256
+    calibration_batch_size: int = 32
+    keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PTQConfig":
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown quantization setting(s) {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]) -> QuantParams:
+    """Turn observed ranges and the model's weights into the quantization parameters."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    qp = QuantParams()
+    for t in plan.activations:
+        if t not in ranges:
+            raise ConfigError(f"calibration did not observe tensor {t!r}")
+        qp.activations[t] = activation_qparams(*ranges[t])
+    for w, (axis, _) in plan.weights.items():
+        qp.weights[w] = weight_qparams(numpy_helper.to_array(inits[w]).astype("float32"), axis)
+    return qp
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
+                  ) -> tuple[Path, QuantParams, QdqPlan]:
+    """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
+    import onnx
+
+    cfg = cfg or PTQConfig()
+    model = onnx.load(str(fp32_path))
+    plan = plan_qdq(model, set(cfg.keep_fp32))
+    ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
+    qp = compute_qparams(model, plan, ranges)
+    return write_qdq(model, plan, qp, out_path), qp, plan
+
+
+def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, out_path: str | Path,
+             cfg: PTQConfig | None = None) -> Path:
+    """Quantize a PyTorch model to an INT8 QDQ ONNX file (task-agnostic: any model, any image batches)."""
+    from ..export import export_onnx, fold_batchnorm
+
+    with tempfile.TemporaryDirectory() as d:
+        fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example_inputs)
+        path, _, _ = quantize_onnx(fp32, out_path, batches, cfg)
+    return path

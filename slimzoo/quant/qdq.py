@@ -1,0 +1,229 @@
+"""Where quantization goes in an ONNX graph (the plan) and the one writer of QDQ ONNX files.
+
+The placement follows what ONNX Runtime fuses into integer kernels: every activation
+entering or leaving Conv/Gemm/MatMul/Add/Concat/pooling gets one QuantizeLinear ->
+DequantizeLinear pair (shared by all consumers), weights get a per-channel int8
+DequantizeLinear, biases an int32 one. A ReLU or Clip(0, x) right after a conv or add
+is dropped: a uint8 quantizer with zero point 0 clamps at zero by itself, so the fused
+kernel computes the activation for free. Data-movement ops (MaxPool, Flatten, ...) reuse
+their input's qparams so the runtime can run them on uint8 directly.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .qparams import QuantParams, quantize_bias
+
+COMPUTE = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
+QUANT_IO = {"Add", "Concat", "GlobalAveragePool", "AveragePool", "Resize"}
+PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+
+
+@dataclass
+class QdqPlan:
+    """Which tensors are quantized and how; built from an FP32 ONNX model by ``plan_qdq``."""
+
+    activations: list[str] = field(default_factory=list)  # calibrated activation tensors
+    shared: dict[str, str] = field(default_factory=dict)  # passthrough output -> tensor whose qparams it reuses
+    weights: dict[str, tuple[int, str]] = field(default_factory=dict)  # initializer -> (axis, node name)
+    biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # bias init -> (input tensor, weight init)
+    folded: dict[str, str] = field(default_factory=dict)  # removed ReLU/Clip node name -> its output tensor
+    layers: list[str] = field(default_factory=list)  # names of quantized Conv/Gemm/MatMul nodes
+
+
+def _const_value(model, name: str):
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _attr(node, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            from onnx import helper
+
+            return helper.get_attribute_value(a)
+    return default
+
+
+def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
+    """Decide quantization placement for an FP32 ONNX model; nodes named in ``keep_fp32`` stay float."""
+    keep_fp32 = keep_fp32 or set()
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    consts = inits | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    graph_outputs = {o.name for o in g.output}
+    plan = QdqPlan()
+
+    def is_quantized_op(n) -> bool:
+        return n.name not in keep_fp32 and (n.op_type in COMPUTE or n.op_type in QUANT_IO)
+
+    # 1. activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y
+    effective_out: dict[str, str] = {}  # output of P -> tensor that will carry the quantized value
+    for n in g.node:
+        if n.op_type not in ("Relu", "Clip") or n.name in keep_fp32:
+            continue
+        x = n.input[0]
+        p = producer.get(x)
+        if p is None or not is_quantized_op(p) or p.op_type not in ("Conv", "Gemm", "MatMul", "Add"):
+            continue
+        if len(consumers[x]) != 1 or x in graph_outputs:
+            continue
+        if n.op_type == "Clip":
+            lo = _const_value(model, n.input[1]) if len(n.input) > 1 and n.input[1] else _attr(n, "min")
+            if lo is None or float(np.asarray(lo)) != 0.0:
+                continue
+        plan.folded[n.name] = n.output[0]
+        effective_out[x] = n.output[0]
+
+    # 2. activation tensors around quantized ops
+    acts: list[str] = []
+
+    def add(t: str) -> None:
+        if t and t not in consts and t not in acts:
+            acts.append(t)
+
+    for n in g.node:
+        if not is_quantized_op(n):
+            continue
+        if n.op_type in COMPUTE:
+            w = n.input[COMPUTE[n.op_type]]
+            if w not in inits:
+                continue  # activation x activation MatMul: leave float
+            add(n.input[0])
+            axis = 0
+            if n.op_type == "Gemm" and not _attr(n, "transB", 0):
+                axis = 1
+            elif n.op_type == "MatMul":
+                axis = 1
+            plan.weights.setdefault(w, (axis, n.name))
+            if len(n.input) > 2 and n.input[2] in inits:
+                plan.biases[n.input[2]] = (n.input[0], w)
+            plan.layers.append(n.name)
+        else:
+            for i in n.input:
+                if i not in consts:
+                    add(i)
+        out = effective_out.get(n.output[0], n.output[0])
+        if out not in graph_outputs:
+            add(out)
+    # 3. data-movement ops between quantized tensors reuse their input's qparams
+    changed = True
+    while changed:
+        changed = False
+        for n in g.node:
+            if n.op_type in PASSTHROUGH and n.name not in keep_fp32 and n.input[0] in (set(acts) | set(plan.shared)):
+                o = n.output[0]
+                if o in acts:
+                    acts.remove(o)
+                if o not in plan.shared and o not in graph_outputs:
+                    plan.shared[o] = plan.shared.get(n.input[0], n.input[0])
+                    changed = True
+    plan.activations = acts
+    return plan
+
+
+def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
+    """Write the QDQ ONNX file for ``model`` (FP32, BN folded) from ``plan`` and ``qp``, atomically."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..storage import atomic_write
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    init_by_name = {i.name: i for i in g.initializer}
+    new_inits, head_nodes = [], []
+    rename: dict[str, str] = {}  # per consumer input: float tensor -> its dequantized twin
+
+    def scalar_qparams(t: str) -> tuple[str, str]:
+        src = plan.shared.get(t, t)
+        a = qp.activations[src]
+        s_name, z_name = f"{t}_scale", f"{t}_zero_point"
+        new_inits.append(numpy_helper.from_array(np.array(a.scale, np.float32), s_name))
+        new_inits.append(numpy_helper.from_array(np.array(a.zero_point, np.uint8), z_name))
+        return s_name, z_name
+
+    def qdq_nodes(t: str) -> list:
+        s, z = scalar_qparams(t)
+        rename[t] = f"{t}_dequantized"
+        return [helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_quantized"], name=f"{t}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{t}_quantized", s, z], [f"{t}_dequantized"],
+                                 name=f"{t}_DequantizeLinear")]
+
+    # weights and biases: integer initializers + DequantizeLinear at the head of the graph
+    removed_inits = set()
+    for w, (axis, _) in plan.weights.items():
+        wq = qp.weights[w]
+        new_inits += [numpy_helper.from_array(wq.qweight.astype(np.int8), f"{w}_quantized"),
+                      numpy_helper.from_array(wq.scale.astype(np.float32), f"{w}_scale"),
+                      numpy_helper.from_array(np.zeros_like(wq.scale, np.int8), f"{w}_zero_point")]
+        head_nodes.append(helper.make_node("DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"],
+                                           [f"{w}_dequantized"], name=f"{w}_DequantizeLinear", axis=axis))
+        rename[w] = f"{w}_dequantized"
+        removed_inits.add(w)
+    for b, (x, w) in plan.biases.items():
+        x_src = plan.shared.get(x, x)
+        if x_src not in qp.activations:
+            continue
+        bq, bs = quantize_bias(numpy_helper.to_array(init_by_name[b]).astype(np.float32),
+                               qp.activations[x_src].scale, qp.weights[w].scale)
+        new_inits += [numpy_helper.from_array(bq, f"{b}_quantized"), numpy_helper.from_array(bs, f"{b}_scale"),
+                      numpy_helper.from_array(np.zeros_like(bq, np.int32), f"{b}_zero_point")]
+        head_nodes.append(helper.make_node("DequantizeLinear", [f"{b}_quantized", f"{b}_scale", f"{b}_zero_point"],
+                                           [f"{b}_dequantized"], name=f"{b}_DequantizeLinear", axis=0))
+        rename[b] = f"{b}_dequantized"
+        removed_inits.add(b)
+
+    quantized = set(plan.activations) | set(plan.shared)
+    graph_inputs = {i.name for i in g.input}
+    for t in plan.activations:
+        if t in graph_inputs:
+            head_nodes += qdq_nodes(t)
+
+    # fold ReLU/Clip: the producer writes the activation's output name directly
+    folded_nodes = set(plan.folded)
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.name in folded_nodes:
+            producer[n.input[0]].output[0] = n.output[0]
+
+    body = []
+    for n in g.node:
+        if n.name in folded_nodes:
+            continue
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+        body.append(n)
+        for o in n.output:
+            if o in quantized:
+                body += qdq_nodes(o)
+    del g.node[:]
+    g.node.extend(head_nodes + body)
+    keep = [i for i in g.initializer if i.name not in removed_inits]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    del g.value_info[:]
+    # graph outputs that were renamed by a fold keep their names (the fold writes Y directly)
+
+    def _w(tmp: str) -> None:
+        onnx.save(m, tmp)
+        onnx.checker.check_model(tmp)
+    return atomic_write(path, _w)

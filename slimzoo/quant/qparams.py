@@ -1,0 +1,89 @@
+"""Quantization parameters: one representation, written to ONNX by one exporter (``qdq.write_qdq``).
+
+Pure functions here compute scales and zero points; nothing imports ONNX or a runtime.
+Activations are asymmetric uint8 per tensor; weights are symmetric int8 per output channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+UINT8 = (0, 255)
+INT8_SYM = (-127, 127)  # symmetric weights: -128 unused, so the grid is symmetric around zero
+
+
+@dataclass
+class TensorQParams:
+    """Per-tensor activation quantization: ``x ~ scale * (q - zero_point)``, q in uint8."""
+
+    scale: float
+    zero_point: int
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass
+class WeightQParams:
+    """Per-channel symmetric int8 weight quantization along ``axis``; ``qweight`` holds the rounded values."""
+
+    scale: np.ndarray  # float32, one per channel
+    qweight: np.ndarray  # int8, the weight's shape
+    axis: int = 0
+
+    def dequantize(self) -> np.ndarray:
+        shape = [1] * self.qweight.ndim
+        shape[self.axis] = -1
+        return self.qweight.astype(np.float32) * self.scale.reshape(shape)
+
+
+@dataclass
+class QuantParams:
+    """Everything the QDQ writer needs: activation qparams by ONNX tensor name, weight qparams by initializer name."""
+
+    activations: dict[str, TensorQParams] = field(default_factory=dict)
+    weights: dict[str, WeightQParams] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"activations": {k: v.to_dict() for k, v in self.activations.items()},
+                "weights": {k: {"channels": int(v.scale.size), "axis": v.axis} for k, v in self.weights.items()}}
+
+
+def activation_qparams(lo: float, hi: float) -> TensorQParams:
+    """Asymmetric uint8 qparams covering [lo, hi] (widened to include 0, so zero is exact)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmin, qmax = UINT8
+    scale = (hi - lo) / (qmax - qmin)
+    if scale <= 0 or not np.isfinite(scale):
+        return TensorQParams(1.0, 0)
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return TensorQParams(float(np.float32(scale)), zp)
+
+
+def weight_scales(w: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Symmetric per-channel scales ``max|w| / 127`` along ``axis``."""
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red) if red else np.abs(w)
+    return np.maximum(amax / INT8_SYM[1], 1e-12).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Round-to-nearest int8 values of ``w`` for per-channel ``scale``."""
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.clip(np.round(w / scale.reshape(shape)), *INT8_SYM).astype(np.int8)
+
+
+def weight_qparams(w: np.ndarray, axis: int = 0) -> WeightQParams:
+    """Per-channel symmetric int8 qparams with round-to-nearest weights."""
+    s = weight_scales(w, axis)
+    return WeightQParams(scale=s, qweight=quantize_weight(w, s, axis), axis=axis)
+
+
+def quantize_bias(b: np.ndarray, input_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias with scale ``input_scale * w_scale`` (what integer conv kernels accumulate in)."""
+    # integer kernels assume exactly this scale, so out-of-range values are clipped, not rescaled
+    s = (np.float32(input_scale) * w_scale).astype(np.float32)
+    q = np.clip(np.round(b / s), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+    return q, s

@@ -1,0 +1,60 @@
+"""Run models for evaluation: a PyTorch module or an ONNX file in ONNX Runtime, behind one callable.
+
+A predictor maps a float32 NCHW batch (torch tensor) to the model's outputs as torch tensors,
+so a task's ``evaluate`` runs unchanged on the FP32 network, a pruned one or an INT8 ONNX file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+
+
+class TorchPredictor:
+    """Call a PyTorch module in eval mode without gradients."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor):
+        return self.model(images)
+
+
+def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and all graph optimizations."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: ONNX file not found")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if optimized_model_path:
+        so.optimized_model_filepath = str(optimized_model_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {str(e).splitlines()[0]}") from None
+
+
+class OnnxPredictor:
+    """Run an ONNX file in ONNX Runtime (CPU); outputs come back as torch tensors."""
+
+    def __init__(self, path: str | Path, threads: int = 2):
+        self.path = Path(path)
+        self.session = ort_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, images: torch.Tensor):
+        outs = self.session.run(self.output_names, {self.input_name: images.float().contiguous().numpy()})
+        outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)

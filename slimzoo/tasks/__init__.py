@@ -1,0 +1,13 @@
+"""Tasks supply what the task-agnostic algorithms need: data, loss, metric and evaluation."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+
+def get_task(name: str, **kwargs):
+    """Build a task by name (``classification`` for now)."""
+    if name == "classification":
+        from .classification import ClassificationTask
+
+        return ClassificationTask(**kwargs)
+    raise ConfigError(f"unknown task {name!r}; known: classification")

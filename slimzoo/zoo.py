@@ -1,0 +1,295 @@
+"""The zoo: one YAML recipe per row, run into ``results.json`` and ``ZOO.md``, resumably.
+
+Each finished row is written to ``OUT/rows/<id>.json`` (atomically) together with a hash
+of its resolved recipe; a rerun reuses every row whose recipe has not changed. FP32
+baselines are trained once into ``OUT/models/<id>/`` and resume per epoch if interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+from .storage import read_json, write_json, write_text
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+STRATEGIES = ("none", "quant")
+ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "image_size", "bench_size",
+            "num_classes", "description"}
+METRIC_LABEL = {"top1": "Top-1 (%)"}
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in (b or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _safe_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
+    """All row recipes (``*.yaml`` except ``profiles.yaml``), checked for unknown keys and wrong types."""
+    recipes = {}
+    for p in sorted(Path(recipes_dir).glob("*.yaml")):
+        if p.name == "profiles.yaml":
+            continue
+        r = _safe_yaml(p)
+        unknown = set(r) - ROW_KEYS - {"profiles"}
+        if unknown:
+            raise ConfigError(f"{p}: unknown key(s) {sorted(unknown)}; known: {sorted(ROW_KEYS | {'profiles'})}")
+        for key in ("id", "task", "model", "dataset", "strategy"):
+            if not isinstance(r.get(key), str):
+                raise ConfigError(f"{p}: key {key!r} must be a string")
+        if r["strategy"] not in STRATEGIES:
+            raise ConfigError(f"{p}: strategy {r['strategy']!r} not one of {STRATEGIES}")
+        if r["strategy"] != "none" and not isinstance(r.get("base"), str):
+            raise ConfigError(f"{p}: a compressed row needs 'base: <id of its FP32 row>'")
+        if r["id"] in recipes:
+            raise ConfigError(f"{p}: duplicate row id {r['id']!r}")
+        r["_file"] = str(p)
+        recipes[r["id"]] = r
+    for r in recipes.values():
+        if r.get("base") and r["base"] not in recipes:
+            raise ConfigError(f"{r['_file']}: base row {r['base']!r} not found")
+    return recipes
+
+
+def load_profile(name: str, recipes_dir: str | Path = RECIPES_DIR) -> dict:
+    """A named profile from ``profiles.yaml`` (overrides merged into every recipe)."""
+    profiles = _safe_yaml(Path(recipes_dir) / "profiles.yaml")
+    if name not in profiles:
+        raise ConfigError(f"unknown profile {name!r}; known: {sorted(profiles)}")
+    return profiles[name]
+
+
+def resolve_recipe(recipe: dict, profile: dict, profile_name: str) -> dict:
+    """The recipe, overridden by the profile's row settings, then by the recipe's own per-profile overrides."""
+    r = {k: v for k, v in recipe.items() if k not in ("profiles", "_file")}
+    r = _deep_merge(r, profile.get("rows", {}))
+    r = _deep_merge(r, recipe.get("profiles", {}).get(profile_name, {}))
+    scale = profile.get("epochs_scale")
+    if scale and "train" in r and "epochs" in r["train"]:
+        r["train"]["epochs"] = max(1, round(r["train"]["epochs"] * scale))
+    return r
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def machine_info() -> dict:
+    """CPU model, core count and library versions, for the record."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import onnxruntime
+    import torchvision
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+@dataclass
+class Zoo:
+    """Runs zoo rows into ``out``; ``data_roots`` maps a dataset name to a user's own dataset folder."""
+
+    out: Path
+    profile_name: str = "default"
+    recipes_dir: Path = RECIPES_DIR
+    data_roots: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.recipes = load_recipes(self.recipes_dir)
+        self.profile = load_profile(self.profile_name, self.recipes_dir)
+        self._results: dict[str, dict] = {}
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def recipe(self, row_id: str) -> dict:
+        if row_id not in self.recipes:
+            raise ConfigError(f"unknown row {row_id!r}; rows: {', '.join(self.recipes)}")
+        return resolve_recipe(self.recipes[row_id], self.profile, self.profile_name)
+
+    def dataset_root(self, name: str) -> Path:
+        """The user's folder for ``name`` if given, else the synthetic dataset (generated on first use)."""
+        if name in self.data_roots:
+            return Path(self.data_roots[name])
+        spec = self.profile.get("datasets", {}).get(name)
+        if spec is None:
+            raise ConfigError(f"dataset {name!r} has no synthetic spec in profile {self.profile_name!r}; "
+                              f"pass --data-root {name}=PATH")
+        root = self.out / "data" / f"{name}-{_hash(spec)}"
+        if name.startswith("synth-cls"):
+            from .data.synth_cls import write_synth_cls
+
+            write_synth_cls(root, progress=self.progress, **spec)
+        else:
+            raise ConfigError(f"no generator for dataset {name!r}")
+        return root
+
+    def task(self, r: dict):
+        from .tasks import get_task
+
+        return get_task(r["task"], data_root=self.dataset_root(r["dataset"]), image_size=r["image_size"],
+                        batch_size=r.get("train", {}).get("batch_size", 64))
+
+    def baseline(self, row_id: str):
+        """The trained FP32 model of a ``none`` row (trained now if needed) and its task."""
+        from .checkpoint import load_checkpoint, save_checkpoint
+        from .models import create_model
+        from .training import TrainConfig, fit
+
+        r = self.recipe(row_id)
+        task = self.task(r)
+        ckpt = self.out / "models" / row_id
+        key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult")}
+                    | {"data": str(task.data_root)})
+        cfg_file = ckpt / "config.json"
+        if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
+            return load_checkpoint(ckpt)[0], task
+        tcfg = TrainConfig.from_dict(r.get("train"))
+        torch.manual_seed(tcfg.seed)
+        model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0))
+        state = ckpt / f"train_state-{key}.pt"
+        print(f"[{row_id}] training {r['model']} on {r['dataset']} for {tcfg.epochs} epochs", flush=True)
+        model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
+                    progress=self.progress)
+        save_checkpoint(model, ckpt, {"model": r["model"], "num_classes": task.num_classes,
+                                      "width_mult": r.get("width_mult", 1.0), "image_size": r["image_size"],
+                                      "classes": task.classes, "train": tcfg.to_dict(), "key": key})
+        state.unlink(missing_ok=True)
+        return model.eval(), task
+
+    # -- rows -------------------------------------------------------------------------------------
+    def run_row(self, row_id: str, force: bool = False) -> dict:
+        """Run one row (and the FP32 row it compresses), reusing a finished result when unchanged."""
+        if row_id in self._results:
+            return self._results[row_id]
+        r = self.recipe(row_id)
+        base_res = self.run_row(r["base"], force=False) if r.get("base") else None
+        key = _hash({"recipe": r, "base": base_res["recipe_hash"] if base_res else None,
+                     "data": self.data_roots.get(r["dataset"])})
+        row_file = self.out / "rows" / f"{row_id}.json"
+        if not force and row_file.is_file():
+            old = read_json(row_file)
+            if old.get("recipe_hash") == key:
+                self._results[row_id] = old
+                return old
+        t0 = time.time()
+        res = self._compute_row(r, base_res)
+        res["recipe_hash"] = key
+        res["seconds"] = round(time.time() - t0, 1)
+        write_json(row_file, res)
+        self._results[row_id] = res
+        print(f"[{row_id}] {res['metric']['name']} {res['metric']['value']:.2f} size {res['size_mb']:.2f} MB "
+              f"latency T1 {res['latency_ms'].get('1')} ms ({res['seconds']} s)", flush=True)
+        return res
+
+    def _compute_row(self, r: dict, base_res: dict | None) -> dict:
+        from .bench import benchmark_latency, count_flops_params, file_size_mb
+        from .export import export_onnx
+        from .runtime import OnnxPredictor
+
+        row_dir = self.out / "rows" / r["id"]
+        model, task = self.baseline(r["base"] or r["id"]) if r.get("base") else self.baseline(r["id"])
+        bench = self.profile.get("bench", {})
+        bench_size = r.get("bench_size", r["image_size"])
+        example = task.example_inputs()
+        if r["strategy"] == "none":
+            path = export_onnx(model, row_dir / "model_fp32.onnx", example)
+        else:  # quant
+            from .quant import PTQConfig, quantize
+
+            qcfg = PTQConfig.from_dict(r.get("quant"))
+            print(f"[{r['id']}] quantizing with {qcfg.num_calibration} calibration images", flush=True)
+            path = quantize(model, example, task.calibration_batches(qcfg.num_calibration,
+                                                                      qcfg.calibration_batch_size),
+                            row_dir / "model_int8.onnx", qcfg)
+        print(f"[{r['id']}] evaluating {path.name} in ONNX Runtime", flush=True)
+        metrics = task.evaluate(OnnxPredictor(path, threads=2), progress=self.progress)
+        value = metrics[task.metric]
+        delta = round(value - base_res["metric"]["value"], 3) if base_res else 0.0
+        flops, params = count_flops_params(model, torch.randn(1, 3, bench_size, bench_size))
+        print(f"[{r['id']}] benchmarking at {bench_size}x{bench_size}", flush=True)
+        lat = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2, 4))),
+                                warmup=bench.get("warmup", 5), runs=bench.get("runs", 30))
+        return {"id": r["id"], "task": r["task"], "model": r["model"], "dataset": r["dataset"],
+                "strategy": r["strategy"], "base": r.get("base"),
+                "metric": {"name": task.metric, "value": round(value, 3), "delta": delta},
+                "metrics": metrics, "size_mb": round(file_size_mb(path), 3),
+                "latency_ms": {k: v["median"] for k, v in lat.items()},
+                "latency_p90_ms": {k: v["p90"] for k, v in lat.items()},
+                "flops": flops, "params": params, "input_size": [bench_size, bench_size],
+                "eval_size": [r["image_size"], r["image_size"]], "width_mult": r.get("width_mult", 1.0),
+                "file": str(path), "profile": self.profile_name}
+
+    def run(self, rows: list[str] | None = None, force: bool = False) -> list[dict]:
+        """Run ``rows`` (default: all), then write ``results.json`` and ``ZOO.md`` from every finished row."""
+        t0 = time.time()
+        for row_id in rows or list(self.recipes):
+            self.run_row(row_id, force=force and (not rows or row_id in rows))
+        results = [self._results[i] for i in self.recipes if i in self._results]
+        meta = {"profile": self.profile_name, "machine": machine_info(), "wall_seconds": round(time.time() - t0, 1)}
+        write_json(self.out / "results.json", {"meta": meta, "rows": results})
+        write_text(self.out / "ZOO.md", render_zoo_md(results, meta))
+        return results
+
+
+def _fmt_metric(row: dict) -> str:
+    m = row["metric"]
+    if row["strategy"] == "none":
+        return f"{m['value']:.2f}"
+    return f"{m['value']:.2f} ({m['delta']:+.2f})"
+
+
+def render_zoo_md(rows: list[dict], meta: dict) -> str:
+    """The zoo table in the reference's shape, one section per task."""
+    mi = meta.get("machine", {})
+    lines = ["# slimzoo model zoo", "",
+             f"Profile `{meta.get('profile')}`, measured {mi.get('date', '')} on {mi.get('cpu', '?')} "
+             f"({mi.get('cores', '?')} cores); ONNX Runtime {mi.get('onnxruntime', '?')} CPU, batch 1. "
+             "Metrics come from running each deployable file (FP32 or INT8 ONNX) in ONNX Runtime over the whole "
+             "validation set. Latency: median of timed `session.run` calls after warm-up, at 1/2/4 intra-op "
+             "threads, at the bench resolution. FLOPs count multiply-accumulates.", ""]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        lines += [f"## {task.capitalize()}", ""]
+        metric = METRIC_LABEL.get(rows[0]["metric"]["name"], rows[0]["metric"]["name"])
+        lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Latency T1 / T2 / T4 (ms) | GFLOPs | "
+                  "Params (M) | Eval res | Bench res |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["task"] == task):
+            lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
+            lines.append(f"| {r['model']} | {r['strategy']} | {r['dataset']} | {_fmt_metric(r)} | "
+                         f"{r['size_mb']:.2f} | {lat} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | "
+                         f"{r['eval_size'][0]}x{r['eval_size'][1]} | {r['input_size'][0]}x{r['input_size'][1]} |")
+        lines.append("")
+    lines.append(f"Wall time of this run: {meta.get('wall_seconds', 0):.0f} s (rows reused from earlier runs "
+                 "count their own time in results.json).")
+    return "\n".join(lines) + "\n"

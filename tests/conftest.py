@@ -1,0 +1,13 @@
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_cls(tmp_path_factory):
+    """A tiny synthetic classification dataset in the list format."""
+    from slimzoo.data.synth_cls import write_synth_cls
+
+    return write_synth_cls(tmp_path_factory.mktemp("synth") / "cls", num_train=96, num_val=48, size=40, seed=0,
+                           progress=False)

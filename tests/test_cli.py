@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+from slimzoo.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "slimzoo.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands():
+    r = _run("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "eval", "export", "quant", "bench", "zoo", "data"):
+        assert cmd in r.stdout
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["eval", "--data", str(tmp_path / "nope"), "--model", "mobilenet_v1", "--image-size", "32"])
+    assert code == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_not_onnx_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"definitely not onnx")
+    assert main(["bench", "--onnx", str(bad), "--runs", "1", "--warmup", "0"]) == 2
+    assert "ONNX Runtime cannot load" in capsys.readouterr().err
+
+
+def test_train_export_quant_bench_cli(tmp_path, synth_cls, capsys):
+    ck = tmp_path / "ck"
+    common = ["--data", str(synth_cls), "--image-size", "32", "--batch-size", "16", "--workers", "0"]
+    assert main(["train", *common, "--model", "mobilenet_v2", "--width-mult", "0.25", "--epochs", "1",
+                 "--out", str(ck)]) == 0
+    assert (ck / "model.safetensors").is_file() and (ck / "config.json").is_file()
+    assert main(["export", "--checkpoint", str(ck), "--image-size", "32", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["quant", *common, "--checkpoint", str(ck), "--num-calibration", "16",
+                 "--out", str(tmp_path / "q.onnx")]) == 0
+    assert main(["bench", "--onnx", str(tmp_path / "q.onnx"), "--input-size", "32", "--runs", "2", "--warmup", "1",
+                 "--threads", "1", "--json", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "b.json").is_file()
+    assert '"top1"' in capsys.readouterr().out
