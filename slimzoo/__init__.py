@@ -6,7 +6,7 @@ onnxruntime only inside the functions that run ONNX files.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "__version__"]
+__all__ = ["__version__", "create_model", "list_models"]
 
 
 def create_model(name: str, **kwargs):

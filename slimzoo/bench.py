@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def file_size_mb(path: str | Path) -> float:

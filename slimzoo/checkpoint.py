@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch.nn as nn
+from torch import nn
 
 from .errors import CheckpointError
 from .storage import load_weights, read_json, save_state_dict, write_json

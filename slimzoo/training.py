@@ -6,14 +6,15 @@ the loop knows nothing about classification, detection or segmentation.
 from __future__ import annotations
 
 import math
+from functools import partial
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .errors import ConfigError
 from .storage import atomic_write
@@ -37,7 +38,7 @@ class TrainConfig:
     num_workers: int = 1
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
+    def from_dict(cls, d: dict | None) -> TrainConfig:
         """Build from a dict, rejecting unknown keys with a clear message."""
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
@@ -107,7 +108,8 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # same batches whether or not we resumed
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if progress else True)  # None: bars only on a terminal
         run_loss, n = 0.0, 0
         for images, targets in bar:
             if cfg.channels_last:
@@ -128,7 +130,7 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         if state_path:
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "torch_rng": torch.get_rng_state(), "epoch": epoch + 1}
-            atomic_write(state_path, lambda tmp: torch.save(st, tmp))
+            atomic_write(state_path, partial(torch.save, st))
         if on_epoch_end:
             on_epoch_end(epoch, model)
     return model.to(memory_format=torch.contiguous_format).eval()

@@ -30,7 +30,7 @@ def test_list_format_round_trip(synth_cls):
     assert ds.classes == list(SHAPES)
     assert len(ds) == 96
     lines = (synth_cls / "train_list.txt").read_text().split("\n")
-    rel, label = lines[5].split()
+    _, label = lines[5].split()
     img, y = ds[5]
     assert y == int(label) and img.shape == (3, 32, 32) and img.dtype == torch.float32
     assert len({s.label for s in ds.samples}) > 5  # several classes present

@@ -21,7 +21,7 @@ def zoo_run(tmp_path_factory):
 
 
 def test_zoo_writes_rows_with_required_fields(zoo_run):
-    zoo, out = zoo_run
+    _, out = zoo_run
     res = json.loads((out / "results.json").read_text())
     rows = {r["id"]: r for r in res["rows"]}
     assert set(rows) == set(ROWS)
@@ -67,7 +67,7 @@ def test_int8_file_is_small_and_its_accuracy_is_measured(zoo_run, tmp_path):
 
 
 def test_zoo_rerun_reuses_finished_rows(zoo_run):
-    zoo, out = zoo_run
+    _, out = zoo_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
     again = Zoo(out, profile_name="smoke", progress=False)
     again.run(ROWS)

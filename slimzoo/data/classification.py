@@ -11,9 +11,9 @@ Images are read from disk on demand (streamed through a DataLoader), never held 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset

@@ -160,7 +160,8 @@ def write_synth_cls(out: str | Path, *, num_train: int = 8000, num_val: int = 10
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
         (out / split).mkdir(parents=True, exist_ok=True)
         lines = []
-        for i in tqdm(range(n), desc=f"synth cls {split}", disable=not progress, leave=False):
+        for i in tqdm(range(n), desc=f"synth cls {split}", disable=None if progress else True,
+                      leave=False):
             arr, label = render(split_seed, i, size)
             rel = f"{split}/{i:06d}.jpg"
             Image.fromarray(arr).save(out / rel, quality=92)

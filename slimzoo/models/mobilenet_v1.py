@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ._registry import make_divisible, register_model
 
@@ -33,7 +33,7 @@ class MobileNetV1(nn.Module):
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        ch = lambda c: make_divisible(c * width_mult)  # noqa: E731
+        ch = lambda c: make_divisible(c * width_mult)
         layers: list[nn.Module] = [_conv_bn(3, ch(32), 3, 2)]
         cin = ch(32)
         for cout, stride in _BLOCKS:

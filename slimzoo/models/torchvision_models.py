@@ -1,7 +1,7 @@
 """MobileNetV2 and ResNets from torchvision, so torchvision ImageNet state_dicts load unchanged."""
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 from torchvision.models import resnet as tvr
 

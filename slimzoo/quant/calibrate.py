@@ -1,7 +1,7 @@
 """Calibration: observe activation ranges by running the FP32 ONNX model on sample inputs."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

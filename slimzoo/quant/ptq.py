@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import ConfigError
 from .calibrate import collect_ranges
@@ -26,7 +26,7 @@ class PTQConfig:
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "PTQConfig":
+    def from_dict(cls, d: dict | None) -> PTQConfig:
         d = dict(d or {})
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:

@@ -107,9 +107,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
                 continue  # activation x activation MatMul: leave float
             add(n.input[0])
             axis = 0
-            if n.op_type == "Gemm" and not _attr(n, "transB", 0):
-                axis = 1
-            elif n.op_type == "MatMul":
+            if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type == "MatMul":
                 axis = 1
             plan.weights.setdefault(w, (axis, n.name))
             if len(n.input) > 2 and n.input[2] in inits:
@@ -141,7 +139,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
 def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
     """Write the QDQ ONNX file for ``model`` (FP32, BN folded) from ``plan`` and ``qp``, atomically."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from ..storage import atomic_write
 

@@ -1,9 +1,9 @@
 """Image classification: data loaders, cross-entropy loss and Top-1/Top-5 evaluation."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,8 @@ class ClassificationTask:
         from tqdm import tqdm
 
         correct1 = correct5 = total = 0
-        for images, targets in tqdm(self.val_loader(limit), desc="eval", disable=not progress, leave=False):
+        bar = tqdm(self.val_loader(limit), desc="eval", disable=None if progress else True, leave=False)
+        for images, targets in bar:
             logits = predict(images)
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
