@@ -96,21 +96,44 @@ def cmd_export(args) -> None:
 
 
 def cmd_quant(args) -> None:
+    import tempfile
+
     import torch
 
-    from .quant import PTQConfig, quantize
+    from .export import export_onnx, fold_batchnorm
+    from .quant import PTQConfig, quantize_onnx
+    from .runtime import OnnxPredictor
+    from .storage import write_json
 
     task = _task(args)
     model = _model(args, task.num_classes)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [])
-    path = quantize(model, torch.randn(1, 3, args.image_size, args.image_size),
-                    task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size), args.out, cfg)
-    print(f"wrote {path}")
-    if not args.no_eval:
-        from .runtime import OnnxPredictor
+    calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
+    out = Path(args.out)
 
-        print(json.dumps(task.evaluate(OnnxPredictor(path), progress=True), indent=2))
+    def evaluate(path) -> float:
+        return task.evaluate(OnnxPredictor(path), limit=args.analysis_images)[task.metric]
+
+    with tempfile.TemporaryDirectory() as d:
+        fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx",
+                           torch.randn(1, 3, args.image_size, args.image_size))
+        if args.analyze or args.max_drop is not None:
+            from .quant.analysis import analyze_layers, keep_fewest_fp32, plot_analysis
+
+            analysis = analyze_layers(fp32, calib, evaluate, cfg=cfg)
+            if args.max_drop is not None:
+                path, kept, metric = keep_fewest_fp32(fp32, calib, evaluate, out, args.max_drop, analysis, cfg=cfg)
+                analysis["accuracy_aware"] = {"max_drop": args.max_drop, "kept_fp32": kept, "metric": metric}
+                print(f"kept {len(kept)} layer(s) in FP32 to stay within {args.max_drop}: {kept}")
+            write_json(out.with_suffix(".analysis.json"), analysis)
+            plot_analysis(analysis, out.with_suffix(".analysis.png"))
+            print(f"wrote {out.with_suffix('.analysis.json')} and {out.with_suffix('.analysis.png')}")
+        if args.max_drop is None:
+            quantize_onnx(fp32, out, calib, cfg)
+    print(f"wrote {out}")
+    if not args.no_eval:
+        print(json.dumps(task.evaluate(OnnxPredictor(out), progress=True), indent=2))
 
 
 def cmd_bench(args) -> None:
@@ -208,10 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="output .onnx path")
-    sp.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax")
+    sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
+                    help="how activation ranges are chosen (see slimzoo.quant.calibrate)")
     sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
-    sp.add_argument("--keep-fp32", nargs="*", help="ONNX node names to leave in float")
+    sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
+    sp.add_argument("--analyze", action="store_true",
+                    help="per-layer analysis: SQNR and metric change with only that layer INT8 "
+                         "(writes OUT.analysis.json and OUT.analysis.png)")
+    sp.add_argument("--max-drop", type=float, default=None,
+                    help="accuracy-aware: keep the fewest layers in FP32 so the metric drops at most this much")
+    sp.add_argument("--analysis-images", type=int, default=None,
+                    help="validation images used by --analyze/--max-drop (default: all)")
     sp.set_defaults(func=cmd_quant)
 
     sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime at 1/2/4 threads")

@@ -68,3 +68,106 @@ def test_qdq_file_runs_integer_kernels_and_matches_fp32(tmp_path, name):
     out = sess.run(None, {"input": xt.numpy()})[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98
     assert int8.stat().st_size < 0.35 * fp32.stat().st_size
+
+
+def test_mse_range_beats_minmax_on_heavy_tails():
+    from slimzoo.quant.calibrate import BINS, mse_range
+
+    x = np.random.default_rng(0).laplace(0, 1, 200_000)
+    edges = np.linspace(x.min(), x.max(), BINS + 1)
+    hist, _ = np.histogram(x, bins=edges)
+    lo, hi = mse_range(hist, edges)
+    assert x.min() < lo < 0 < hi < x.max()  # the tails are clipped
+
+    def mse(a, b):
+        s = (b - a) / 255
+        q = np.clip(np.round((x - a) / s), 0, 255) * s + a
+        return float(((q - x) ** 2).mean())
+
+    assert mse(lo, hi) < 0.85 * mse(x.min(), x.max())
+
+
+def test_entropy_threshold_ignores_relu_zeros():
+    from slimzoo.quant.calibrate import BINS, entropy_threshold
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.zeros(500_000), np.abs(rng.normal(0, 1, 200_000))])
+    edges = np.linspace(0, x.max(), BINS + 1)
+    hist, _ = np.histogram(x, bins=edges)
+    t = entropy_threshold(hist, edges)
+    assert 2.0 < t <= x.max()  # the zero spike must not drag the threshold into the bulk
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+def test_calibration_methods_give_valid_ranges(tmp_path, method):
+    import onnx
+
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant.calibrate import collect_ranges
+    from slimzoo.quant.qdq import plan_qdq
+
+    m = _calibrated_model("mobilenet_v2")
+    path = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 48, 48))
+    model = onnx.load(str(path))
+    plan = plan_qdq(model)
+    batches = [torch.randn(8, 3, 48, 48) for _ in range(2)]
+    ranges = collect_ranges(model, plan.activations, batches, method=method)
+    mm = collect_ranges(model, plan.activations, batches, method="minmax")
+    assert set(ranges) == set(plan.activations)
+    for t, (lo, hi) in ranges.items():
+        assert lo <= hi and lo >= mm[t][0] - 1e-5 and hi <= mm[t][1] + 1e-5  # never wider than min-max
+
+
+def test_shared_bias_initializer_is_quantized_per_conv(tmp_path):
+    """The exporter dedups equal biases behind Identity nodes; each conv still gets its own int32 bias."""
+    import onnx
+
+    from slimzoo.quant import quantize
+    from slimzoo.runtime import ort_session
+
+    m = slimzoo.create_model("mobilenet_v1", num_classes=10, width_mult=0.25).eval()  # untrained: equal biases
+    x = torch.randn(1, 3, 32, 32)
+    path = quantize(m, x, [torch.randn(4, 3, 32, 32)], tmp_path / "q.onnx")
+    ort_session(path, 1, optimized_model_path=str(tmp_path / "opt.onnx"))
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["Conv"] == 0 and ops["QLinearConv"] == 27, ops
+
+
+def test_keep_fp32_by_module_name(tmp_path):
+    import onnx
+
+    from slimzoo.quant import PTQConfig, quantize
+    from slimzoo.runtime import ort_session
+
+    m = _calibrated_model("mobilenet_v1")
+    x = torch.randn(1, 3, 48, 48)
+    path = quantize(m, x, [torch.randn(4, 3, 48, 48)], tmp_path / "q.onnx",
+                    PTQConfig(keep_fp32=["features.0.0", "fc"]))
+    ort_session(path, 1, optimized_model_path=str(tmp_path / "opt.onnx"))
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == 26 and ops["QGemm"] == 0, ops
+
+
+def test_per_layer_analysis_and_accuracy_aware(tmp_path):
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant.analysis import analyze_layers, keep_fewest_fp32, plot_analysis
+    from slimzoo.runtime import ort_session
+
+    m = _calibrated_model("mobilenet_v1")
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 48, 48))
+    batches = [torch.randn(8, 3, 48, 48) for _ in range(2)]
+    xs = torch.randn(16, 3, 48, 48).numpy()
+    ref = ort_session(fp32, 1).run(None, {"input": xs})[0]
+
+    def agreement(path) -> float:  # a task-free "metric": % of argmax agreeing with FP32
+        out = ort_session(path, 1).run(None, {"input": xs})[0]
+        return 100.0 * float((out.argmax(1) == ref.argmax(1)).mean())
+
+    a = analyze_layers(fp32, batches, agreement, progress=False)
+    assert a["fp32_metric"] == 100.0
+    assert len(a["layers"]) == 28 and {"name", "module", "op", "sqnr_db", "metric_delta"} <= set(a["layers"][0])
+    assert all(r["sqnr_db"] > 5 for r in a["layers"])
+    path, kept, metric = keep_fewest_fp32(fp32, batches, agreement, tmp_path / "aa.onnx", 0.0, a)
+    assert metric == 100.0 and path.is_file()
+    png = plot_analysis(a, tmp_path / "a.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,17 @@
-"""Calibration: observe activation ranges by running the FP32 ONNX model on sample inputs."""
+"""Calibration: observe activation ranges by running the FP32 ONNX model on sample inputs.
+
+Methods (each chooses a [lo, hi] per tensor for the uint8 grid):
+
+- ``minmax``: the observed extremes; nothing is clipped, rounding error is largest.
+- ``percentile``: the mean over batches of the (100-p)th and p-th percentiles.
+- ``mse``: the range, among shrunk versions of [min, max], that minimises the expected
+  squared quantization error (rounding inside, clipping outside) under the histogram.
+- ``entropy``: TensorRT's KL-divergence threshold on the histogram of a non-negative
+  tensor (post-ReLU activations); tensors with negative values use ``mse``.
+
+The histogram methods make two passes over the calibration batches: extremes, then a
+2048-bin histogram inside them.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -7,14 +20,58 @@ import numpy as np
 
 from ..errors import ConfigError
 
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "mse", "entropy")
+BINS = 2048
+LEVELS = 256  # uint8
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, num_candidates: int = 100) -> tuple[float, float]:
+    """The [lo, hi] (a shrunk [edges[0], edges[-1]]) minimising expected uint8 quantization MSE."""
+    lo0, hi0 = float(min(edges[0], 0.0)), float(max(edges[-1], 0.0))
+    centers = (edges[:-1] + edges[1:]) / 2
+    alphas = np.linspace(1.0, 0.2, num_candidates)
+    los, his = lo0 * alphas, hi0 * alphas
+    deltas = (his - los) / (LEVELS - 1)
+    c = centers[None, :]
+    clipped = np.clip(c, los[:, None], his[:, None])
+    inside = (c >= los[:, None]) & (c <= his[:, None])
+    err = np.where(inside, deltas[:, None] ** 2 / 12, (c - clipped) ** 2) * hist[None, :]
+    best = int(np.argmin(err.sum(axis=1)))
+    return float(los[best]), float(his[best])
+
+
+def entropy_threshold(hist: np.ndarray, edges: np.ndarray, stride: int = 16) -> float:
+    """TensorRT-style KL-minimising clip threshold for a histogram of non-negative values over [0, max]."""
+    hist = hist.astype(np.float64)
+    # the spike of exact zeros after a ReLU would dominate the divergence and pull the threshold
+    # down (each merged chunk spreads it over more bins as the threshold grows); zero is exact
+    # on the uint8 grid anyway, so leave it out
+    hist[0] = 0
+    n = len(hist)
+    best_kl, best_i = np.inf, n
+    for i in range(LEVELS, n + 1, stride):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        if p.sum() == 0:
+            continue
+        # q: the first i bins merged into LEVELS chunks, each chunk spread over its non-empty bins
+        chunks = np.array_split(np.arange(i), LEVELS)
+        q = np.zeros(i)
+        for ch in chunks:
+            nz = hist[ch] > 0
+            if nz.any():
+                q[ch[nz]] = hist[ch].sum() / nz.sum()
+        p /= p.sum()
+        q /= max(q.sum(), 1e-12)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return float(edges[best_i])
 
 
 class RangeObserver:
-    """Per-tensor range of every observed batch: running min/max, or a percentile of |x| per batch.
-
-    ``percentile`` averages each batch's (100-p)/p percentiles, which clips rare outliers.
-    """
+    """Accumulates per-tensor statistics over batches, then chooses each tensor's range."""
 
     def __init__(self, method: str = "minmax", percentile: float = 99.99):
         if method not in METHODS:
@@ -22,26 +79,64 @@ class RangeObserver:
         self.method, self.percentile = method, percentile
         self.lo: dict[str, float] = {}
         self.hi: dict[str, float] = {}
-        self._sum: dict[str, list] = {}
+        self.hist: dict[str, np.ndarray] = {}
+        self._pct: dict[str, list] = {}
+
+    @property
+    def needs_histograms(self) -> bool:
+        return self.method in ("mse", "entropy")
 
     def observe(self, name: str, x: np.ndarray) -> None:
+        """First pass: extremes (and percentiles)."""
         x = x.astype(np.float32, copy=False)
-        if self.method == "minmax":
-            self.lo[name] = min(self.lo.get(name, np.inf), float(x.min()))
-            self.hi[name] = max(self.hi.get(name, -np.inf), float(x.max()))
-        else:
+        self.lo[name] = min(self.lo.get(name, np.inf), float(x.min()))
+        self.hi[name] = max(self.hi.get(name, -np.inf), float(x.max()))
+        if self.method == "percentile":
             lo, hi = np.percentile(x, [100 - self.percentile, self.percentile])
-            s = self._sum.setdefault(name, [0.0, 0.0, 0])
+            s = self._pct.setdefault(name, [0.0, 0.0, 0])
             s[0], s[1], s[2] = s[0] + float(lo), s[1] + float(hi), s[2] + 1
-            self.lo[name], self.hi[name] = s[0] / s[2], s[1] / s[2]
+
+    def observe_histogram(self, name: str, x: np.ndarray) -> None:
+        """Second pass: a histogram inside [min(lo, 0), max(hi, 0)]."""
+        lo, hi = min(self.lo[name], 0.0), max(self.hi[name], 0.0)
+        if hi <= lo:
+            return
+        h, _ = np.histogram(x, bins=BINS, range=(lo, hi))
+        self.hist[name] = self.hist.get(name, 0) + h
 
     def ranges(self) -> dict[str, tuple[float, float]]:
-        return {k: (self.lo[k], self.hi[k]) for k in self.lo}
+        out = {}
+        for k in self.lo:
+            lo, hi = self.lo[k], self.hi[k]
+            if self.method == "percentile":
+                s = self._pct[k]
+                lo, hi = s[0] / s[2], s[1] / s[2]
+            elif self.needs_histograms and k in self.hist:
+                edges = np.linspace(min(lo, 0.0), max(hi, 0.0), BINS + 1)
+                if self.method == "entropy" and lo >= 0:
+                    lo, hi = 0.0, entropy_threshold(self.hist[k], edges)
+                else:
+                    lo, hi = mse_range(self.hist[k], edges)
+            out[k] = (lo, hi)
+        return out
 
 
 def collect_ranges(model, tensors: list[str], batches: Iterable, *, method: str = "minmax",
                    percentile: float = 99.99, threads: int = 2) -> dict[str, tuple[float, float]]:
     """Run ``model`` (an FP32 ``onnx.ModelProto``) on ``batches`` and return each tensor's (lo, hi)."""
+    obs = RangeObserver(method, percentile)
+    batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
+    if not batches or sum(len(b) for b in batches) == 0:
+        raise ConfigError("calibration received no images; check the calibration dataset")
+    passes = [obs.observe] + ([obs.observe_histogram] if obs.needs_histograms else [])
+    for fn in passes:
+        for name, value in iterate_tensors(model, tensors, batches, threads):
+            fn(name, value)
+    return obs.ranges()
+
+
+def iterate_tensors(model, tensors: list[str], batches: list[np.ndarray], threads: int = 2):
+    """Yield (tensor name, value) for every batch, running the graph without rewrites."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -49,9 +144,10 @@ def collect_ranges(model, tensors: list[str], batches: Iterable, *, method: str 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
-    graph_inputs = {i.name for i in m.graph.input}
-    for t in tensors:
-        if t not in existing and t not in graph_inputs:
+    input_name = m.graph.input[0].name
+    wanted = [t for t in tensors if t != input_name]
+    for t in wanted:
+        if t not in existing:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -59,19 +155,8 @@ def collect_ranges(model, tensors: list[str], batches: Iterable, *, method: str 
     # no graph rewrites, so every named intermediate tensor exists as it does in the file
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    input_name = sess.get_inputs()[0].name
-    wanted = [t for t in tensors if t not in graph_inputs]
-    obs = RangeObserver(method, percentile)
-    n = 0
-    for batch in batches:
-        x = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
-        x = x.astype(np.float32)
-        outs = sess.run(wanted, {input_name: x})
-        for t, v in zip(wanted, outs):
-            obs.observe(t, v)
+    for x in batches:
+        for t, v in zip(wanted, sess.run(wanted, {input_name: x})):
+            yield t, v
         if input_name in tensors:
-            obs.observe(input_name, x)
-        n += len(x)
-    if n == 0:
-        raise ConfigError("calibration received no images; check the calibration dataset")
-    return obs.ranges()
+            yield input_name, x

@@ -30,9 +30,12 @@ class QdqPlan:
     activations: list[str] = field(default_factory=list)  # calibrated activation tensors
     shared: dict[str, str] = field(default_factory=dict)  # passthrough output -> tensor whose qparams it reuses
     weights: dict[str, tuple[int, str]] = field(default_factory=dict)  # initializer -> (axis, node name)
-    biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # bias init -> (input tensor, weight init)
+    # node name -> (bias initializer, input tensor, weight initializer); per node, since the exporter may
+    # share one bias initializer between convs whose accumulator scales differ
+    biases: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)  # removed ReLU/Clip node name -> its output tensor
     layers: list[str] = field(default_factory=list)  # names of quantized Conv/Gemm/MatMul nodes
+    modules: dict[str, str] = field(default_factory=dict)  # node name -> PyTorch module name (from its weight)
 
 
 def _const_value(model, name: str):
@@ -56,11 +59,25 @@ def _attr(node, name: str, default=None):
     return default
 
 
+def module_name(node, inits: set[str]) -> str:
+    """The PyTorch module a Conv/Gemm/MatMul node came from (its weight's name less ``.weight``)."""
+    if node.op_type in COMPUTE and len(node.input) > 1 and node.input[1] in inits \
+            and node.input[1].endswith(".weight"):
+        return node.input[1][: -len(".weight")]
+    return node.name
+
+
 def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
-    """Decide quantization placement for an FP32 ONNX model; nodes named in ``keep_fp32`` stay float."""
-    keep_fp32 = keep_fp32 or set()
+    """Decide quantization placement for an FP32 ONNX model.
+
+    ``keep_fp32`` names layers to leave in float, by ONNX node name or PyTorch module name.
+    """
+    keep_fp32 = set(keep_fp32 or ())
     g = model.graph
     inits = {i.name for i in g.initializer}
+    # the exporter deduplicates equal initializers behind Identity nodes: see through them
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    keep_fp32 |= {n.name for n in g.node if module_name(n, inits) in keep_fp32}
     consts = inits | {n.output[0] for n in g.node if n.op_type == "Constant"}
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list] = defaultdict(list)
@@ -110,9 +127,11 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
             if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type == "MatMul":
                 axis = 1
             plan.weights.setdefault(w, (axis, n.name))
-            if len(n.input) > 2 and n.input[2] in inits:
-                plan.biases[n.input[2]] = (n.input[0], w)
+            b = alias.get(n.input[2], n.input[2]) if len(n.input) > 2 else ""
+            if b in inits:
+                plan.biases[n.name] = (b, n.input[0], w)
             plan.layers.append(n.name)
+            plan.modules[n.name] = module_name(n, inits)
         else:
             for i in n.input:
                 if i not in consts:
@@ -176,18 +195,20 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
                                            [f"{w}_dequantized"], name=f"{w}_DequantizeLinear", axis=axis))
         rename[w] = f"{w}_dequantized"
         removed_inits.add(w)
-    for b, (x, w) in plan.biases.items():
+    bias_input: dict[str, str] = {}  # node name -> its dequantized bias
+    for node_name, (b, x, w) in plan.biases.items():
         x_src = plan.shared.get(x, x)
         if x_src not in qp.activations:
             continue
         bq, bs = quantize_bias(numpy_helper.to_array(init_by_name[b]).astype(np.float32),
                                qp.activations[x_src].scale, qp.weights[w].scale)
-        new_inits += [numpy_helper.from_array(bq, f"{b}_quantized"), numpy_helper.from_array(bs, f"{b}_scale"),
-                      numpy_helper.from_array(np.zeros_like(bq, np.int32), f"{b}_zero_point")]
-        head_nodes.append(helper.make_node("DequantizeLinear", [f"{b}_quantized", f"{b}_scale", f"{b}_zero_point"],
-                                           [f"{b}_dequantized"], name=f"{b}_DequantizeLinear", axis=0))
-        rename[b] = f"{b}_dequantized"
-        removed_inits.add(b)
+        stem = f"{node_name}_bias"
+        new_inits += [numpy_helper.from_array(bq, f"{stem}_quantized"), numpy_helper.from_array(bs, f"{stem}_scale"),
+                      numpy_helper.from_array(np.zeros_like(bq, np.int32), f"{stem}_zero_point")]
+        head_nodes.append(helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale",
+                                                                f"{stem}_zero_point"],
+                                           [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear", axis=0))
+        bias_input[node_name] = f"{stem}_dequantized"
 
     quantized = set(plan.activations) | set(plan.shared)
     graph_inputs = {i.name for i in g.input}
@@ -209,13 +230,16 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
         for k, i in enumerate(n.input):
             if i in rename:
                 n.input[k] = rename[i]
+        if n.name in bias_input:
+            n.input[2] = bias_input[n.name]
         body.append(n)
         for o in n.output:
             if o in quantized:
                 body += qdq_nodes(o)
     del g.node[:]
     g.node.extend(head_nodes + body)
-    keep = [i for i in g.initializer if i.name not in removed_inits]
+    still_used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name not in removed_inits and i.name in still_used]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     del g.value_info[:]

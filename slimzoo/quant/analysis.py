@@ -1,0 +1,137 @@
+"""Per-layer quantization analysis and accuracy-aware fallback to FP32.
+
+For each quantized layer (Conv/Gemm/MatMul node of the BN-folded FP32 graph), the model
+is quantized with *only that layer* in INT8 and run in ONNX Runtime: the SQNR of the
+network output against FP32 on the calibration images, and the metric change on the
+evaluation set. ``keep_fewest_fp32`` then leaves in float the fewest layers (greedy, most
+harmful first) needed to stay within a metric drop. Task-agnostic: it sees an ONNX model,
+image batches and an ``evaluate(path) -> metric`` callable.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .ptq import PTQConfig, compute_qparams
+from .qdq import COMPUTE, QUANT_IO, QdqPlan, plan_qdq, write_qdq
+from .qparams import QuantParams
+
+
+def _only_layer_plan(model, layer: str) -> QdqPlan:
+    """A plan that quantizes ``layer`` (and the activation folded into it) and nothing else."""
+    producer_of = {o: n for n in model.graph.node for o in n.output}
+    keep = {n.name for n in model.graph.node
+            if n.name != layer and (n.op_type in COMPUTE or n.op_type in QUANT_IO or n.op_type in ("Relu", "Clip"))}
+    for n in model.graph.node:  # let the ReLU right after the layer fold into it
+        if n.op_type in ("Relu", "Clip") and producer_of.get(n.input[0]) is not None \
+                and producer_of[n.input[0]].name == layer:
+            keep.discard(n.name)
+    return plan_qdq(model, keep)
+
+
+def _sub_qparams(full: QuantParams, full_plan: QdqPlan, plan: QdqPlan) -> QuantParams:
+    acts = {}
+    for t in plan.activations:
+        src = t if t in full.activations else full_plan.shared.get(t)
+        if src is None or src not in full.activations:
+            raise KeyError(t)
+        acts[t] = full.activations[src]
+    return QuantParams(activations=acts, weights={w: full.weights[w] for w in plan.weights})
+
+
+def _sqnr_db(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
+    sig = sum(float((r.astype(np.float64) ** 2).sum()) for r in ref)
+    err = sum(float(((r.astype(np.float64) - o) ** 2).sum()) for r, o in zip(ref, out))
+    return float("inf") if err == 0 else 10 * np.log10(sig / err)
+
+
+def _outputs(path, batches) -> list[np.ndarray]:
+    from ..runtime import ort_session
+
+    s = ort_session(path, 2)
+    name = s.get_inputs()[0].name
+    return [s.run(None, {name: b})[0] for b in batches]
+
+
+def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float], *,
+                   cfg: PTQConfig | None = None, progress: bool = True) -> dict:
+    """SQNR (dB) and metric change of quantizing each layer alone; also the all-INT8 metric."""
+    import onnx
+    from tqdm import tqdm
+
+    from .calibrate import collect_ranges
+
+    cfg = cfg or PTQConfig()
+    model = onnx.load(str(fp32_path))
+    batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
+    full_plan = plan_qdq(model, set(cfg.keep_fp32))
+    ranges = collect_ranges(model, full_plan.activations, batches, method=cfg.calibration,
+                            percentile=cfg.percentile)
+    full = compute_qparams(model, full_plan, ranges)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    ref = _outputs(fp32_path, batches)
+    fp32_metric = evaluate(Path(fp32_path))
+    layers = []
+    with tempfile.TemporaryDirectory() as d:
+        all_path = write_qdq(model, full_plan, full, Path(d) / "all.onnx")
+        int8_metric = evaluate(all_path)
+        for layer in tqdm(full_plan.layers, desc="per-layer analysis", disable=None if progress else True,
+                          leave=False):
+            plan = _only_layer_plan(model, layer)
+            path = write_qdq(model, plan, _sub_qparams(full, full_plan, plan), Path(d) / "one.onnx")
+            layers.append({"name": layer, "module": full_plan.modules[layer], "op": ops[layer], "sqnr_db": round(_sqnr_db(ref, _outputs(path, batches)), 3),
+                           "metric_delta": round(evaluate(path) - fp32_metric, 4)})
+    return {"fp32_metric": fp32_metric, "int8_metric": int8_metric, "calibration": cfg.calibration,
+            "layers": layers}
+
+
+def keep_fewest_fp32(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float], out_path,
+                     max_drop: float, analysis: dict, *, cfg: PTQConfig | None = None) -> tuple[Path, list[str], float]:
+    """Quantize, leaving in FP32 the fewest layers (most harmful first) so the drop is at most ``max_drop``.
+
+    Returns (path, layers kept in FP32, metric of the written file).
+    """
+    from .ptq import quantize_onnx
+
+    cfg = cfg or PTQConfig()
+    order = sorted(analysis["layers"], key=lambda r: (r["metric_delta"], r["sqnr_db"]))
+    keep: list[str] = list(cfg.keep_fp32)
+    target = analysis["fp32_metric"] - max_drop
+    for i in range(len(order) + 1):
+        c = PTQConfig(**{**cfg.to_dict(), "keep_fp32": keep})
+        path, _, _ = quantize_onnx(fp32_path, out_path, batches, c)
+        metric = evaluate(Path(path))
+        if metric >= target or i == len(order):
+            return Path(path), keep, metric
+        keep = keep + [order[i]["module"]]
+    raise AssertionError("unreachable")
+
+
+def plot_analysis(analysis: dict, path: str | Path) -> Path:
+    """A PNG bar chart: per-layer SQNR and metric change when only that layer is INT8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..storage import atomic_write
+
+    layers = analysis["layers"]
+    names = [r["module"][-28:] for r in layers]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(layers)), 7), sharex=True)
+    axes[0].bar(range(len(layers)), [min(r["sqnr_db"], 80) for r in layers], color="#3b75af")
+    axes[0].set_ylabel("output SQNR (dB)\nonly this layer INT8")
+    axes[1].bar(range(len(layers)), [r["metric_delta"] for r in layers],
+                color=["#c0392b" if r["metric_delta"] < 0 else "#27ae60" for r in layers])
+    axes[1].set_ylabel("metric change (points)")
+    axes[1].axhline(0, color="black", lw=0.6)
+    axes[1].set_xticks(range(len(layers)), names, rotation=90, fontsize=6)
+    fig.suptitle(f"Per-layer INT8 analysis ({analysis['calibration']} calibration): FP32 "
+                 f"{analysis['fp32_metric']:.2f}, all INT8 {analysis['int8_metric']:.2f}")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(path)
