@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test bench clean
+.PHONY: env zoo zoo-smoke test bench bench-quant clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,11 @@ test: env
 
 clean:
 	rm -rf runs build *.egg-info
+
+# benchmarks: need the FP32 baselines of `make zoo` (trained on the way if missing) and the peers
+bench-quant: env
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/ptq_calibration_sweep.py --zoo $(OUT)
+	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT)
+
+bench: bench-quant

@@ -194,8 +194,8 @@ class Zoo:
             return self._results[row_id]
         r = self.recipe(row_id)
         base_res = self.run_row(r["base"], force=False) if r.get("base") else None
-        key = _hash({"recipe": r, "base": base_res["recipe_hash"] if base_res else None,
-                     "data": self.data_roots.get(r["dataset"])})
+        key = _hash({"recipe": r, "resolved": self._resolved_configs(r),
+                     "base": base_res["recipe_hash"] if base_res else None, "data": self.data_roots.get(r["dataset"])})
         row_file = self.out / "rows" / f"{row_id}.json"
         if not force and row_file.is_file():
             old = read_json(row_file)
@@ -211,6 +211,17 @@ class Zoo:
         print(f"[{row_id}] {res['metric']['name']} {res['metric']['value']:.2f} size {res['size_mb']:.2f} MB "
               f"latency T1 {res['latency_ms'].get('1')} ms ({res['seconds']} s)", flush=True)
         return res
+
+    @staticmethod
+    def _resolved_configs(r: dict) -> dict:
+        """Configs with the library's defaults filled in, so a changed default reruns the rows it affects."""
+        if r["strategy"] == "quant":
+            from .quant import PTQConfig
+
+            return PTQConfig.from_dict(r.get("quant")).to_dict()
+        from .training import TrainConfig
+
+        return TrainConfig.from_dict(r.get("train")).to_dict()
 
     def _compute_row(self, r: dict, base_res: dict | None) -> dict:
         from .bench import benchmark_latency, count_flops_params, file_size_mb

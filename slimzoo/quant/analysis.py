@@ -39,7 +39,8 @@ def _sub_qparams(full: QuantParams, full_plan: QdqPlan, plan: QdqPlan) -> QuantP
         if src is None or src not in full.activations:
             raise KeyError(t)
         acts[t] = full.activations[src]
-    return QuantParams(activations=acts, weights={w: full.weights[w] for w in plan.weights})
+    return QuantParams(activations=acts, weights={w: full.weights[w] for w in plan.weights},
+                       biases={n: full.biases[n] for n in plan.biases if n in full.biases})
 
 
 def _sqnr_db(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
@@ -71,6 +72,10 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
     ranges = collect_ranges(model, full_plan.activations, batches, method=cfg.calibration,
                             percentile=cfg.percentile)
     full = compute_qparams(model, full_plan, ranges)
+    if cfg.bias_correction:
+        from .bias_correction import correct_biases
+
+        full = correct_biases(model, full_plan, full, batches)
     ops = {n.name: n.op_type for n in model.graph.node}
     ref = _outputs(fp32_path, batches)
     fp32_metric = evaluate(Path(fp32_path))

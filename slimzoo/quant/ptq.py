@@ -20,9 +20,10 @@ class PTQConfig:
     """Settings of post-training quantization (per-channel int8 weights, uint8 activations)."""
 
     # minmax | percentile | mse | entropy; the default was chosen by measurement (docs/quantization.md)
-    calibration: str = "percentile"
+    calibration: str = "mse"
     percentile: float = 99.99
     num_calibration: int = 256
+    bias_correction: bool = True
     calibration_batch_size: int = 32
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
 
@@ -60,9 +61,14 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
 
     cfg = cfg or PTQConfig()
     model = onnx.load(str(fp32_path))
+    batches = [b.numpy() if hasattr(b, "numpy") else b for b in batches]  # used more than once
     plan = plan_qdq(model, set(cfg.keep_fp32))
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges)
+    if cfg.bias_correction:
+        from .bias_correction import correct_biases
+
+        qp = correct_biases(model, plan, qp, batches)
     return write_qdq(model, plan, qp, out_path), qp, plan
 
 

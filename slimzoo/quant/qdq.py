@@ -200,8 +200,10 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
         x_src = plan.shared.get(x, x)
         if x_src not in qp.activations:
             continue
-        bq, bs = quantize_bias(numpy_helper.to_array(init_by_name[b]).astype(np.float32),
-                               qp.activations[x_src].scale, qp.weights[w].scale)
+        bias = qp.biases.get(node_name)
+        if bias is None:
+            bias = numpy_helper.to_array(init_by_name[b]).astype(np.float32)
+        bq, bs = quantize_bias(bias, qp.activations[x_src].scale, qp.weights[w].scale)
         stem = f"{node_name}_bias"
         new_inits += [numpy_helper.from_array(bq, f"{stem}_quantized"), numpy_helper.from_array(bs, f"{stem}_scale"),
                       numpy_helper.from_array(np.zeros_like(bq, np.int32), f"{stem}_zero_point")]

@@ -40,10 +40,12 @@ class WeightQParams:
 
 @dataclass
 class QuantParams:
-    """Everything the QDQ writer needs: activation qparams by ONNX tensor name, weight qparams by initializer name."""
+    """Everything the QDQ writer needs: activation qparams by tensor name, weight qparams by initializer name,
+    and (after bias correction) float biases by node name, quantized to int32 by the writer."""
 
     activations: dict[str, TensorQParams] = field(default_factory=dict)
     weights: dict[str, WeightQParams] = field(default_factory=dict)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)  # node name -> corrected float bias
 
     def summary(self) -> dict:
         return {"activations": {k: v.to_dict() for k, v in self.activations.items()},
