@@ -136,6 +136,20 @@ def cmd_quant(args) -> None:
         print(json.dumps(task.evaluate(OnnxPredictor(out), progress=True), indent=2))
 
 
+def cmd_qat(args) -> None:
+    from .quant.qat import QATConfig, quantize_aware_train
+    from .runtime import OnnxPredictor
+
+    task = _task(args)
+    model = _model(args, task.num_classes)
+    cfg = QATConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
+                    freeze_ranges_at=args.freeze_ranges_at, keep_fp32=args.keep_fp32 or [])
+    path, _ = quantize_aware_train(model, task.example_inputs(), task.train_loader(cfg.batch_size), task.loss_fn,
+                                   task.calibration_batches(cfg.calibration.num_calibration), args.out, cfg)
+    print(f"wrote {path}")
+    print(json.dumps(task.evaluate(OnnxPredictor(path), progress=True), indent=2))
+
+
 def cmd_bench(args) -> None:
     from .bench import benchmark_latency, file_size_mb
 
@@ -246,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--analysis-images", type=int, default=None,
                     help="validation images used by --analyze/--max-drop (default: all)")
     sp.set_defaults(func=cmd_quant)
+
+    sp = sub.add_parser("qat", help="INT8 by quantization-aware fine-tuning, written as a QDQ ONNX file")
+    data_args(sp)
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="output .onnx path")
+    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
+    sp.add_argument("--lr", type=float, default=1e-5)
+    sp.add_argument("--freeze-ranges-at", type=float, default=0.0,
+                    help="fraction of training after which activation ranges stop following a moving average "
+                         "(0: keep the calibrated ranges)")
+    sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float (module or node names)")
+    sp.set_defaults(func=cmd_qat)
 
     sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime at 1/2/4 threads")
     sp.add_argument("--onnx", required=True)

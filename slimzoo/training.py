@@ -87,14 +87,20 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
 
 def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig, *,
         state_path: str | Path | None = None, progress: bool = True,
-        on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
-    """Train ``model`` for ``cfg.epochs``; with ``state_path`` it resumes after the last finished epoch."""
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None, max_steps: int | None = None) -> nn.Module:
+    """Train ``model`` for ``cfg.epochs``; with ``state_path`` it resumes after the last finished epoch.
+
+    ``max_steps`` caps the steps of each epoch (the schedule follows the cap); ``on_step(step, total)``
+    is called before each optimizer step.
+    """
     from tqdm import tqdm
 
     seed_everything(cfg.seed)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
     opt = make_optimizer(model, cfg)
-    sched = warmup_cosine(opt, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = warmup_cosine(opt, total_steps, int(cfg.warmup_epochs * steps_per_epoch))
     start = 0
     if state_path and Path(state_path).is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -111,7 +117,11 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress else True)  # None: bars only on a terminal
         run_loss, n = 0.0, 0
-        for images, targets in bar:
+        for step, (images, targets) in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            if on_step:
+                on_step(epoch * steps_per_epoch + step, total_steps)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):

@@ -20,10 +20,11 @@ from .errors import ConfigError
 from .storage import read_json, write_json, write_text
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-STRATEGIES = ("none", "quant")
-ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "image_size", "bench_size",
+STRATEGIES = ("none", "quant", "qat")
+ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "image_size", "bench_size",
             "num_classes", "description"}
 METRIC_LABEL = {"top1": "Top-1 (%)"}
+STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -219,6 +220,10 @@ class Zoo:
             from .quant import PTQConfig
 
             return PTQConfig.from_dict(r.get("quant")).to_dict()
+        if r["strategy"] == "qat":
+            from .quant.qat import QATConfig
+
+            return QATConfig.from_dict(r.get("qat")).to_dict()
         from .training import TrainConfig
 
         return TrainConfig.from_dict(r.get("train")).to_dict()
@@ -235,6 +240,15 @@ class Zoo:
         example = task.example_inputs()
         if r["strategy"] == "none":
             path = export_onnx(model, row_dir / "model_fp32.onnx", example)
+        elif r["strategy"] == "qat":
+            from .quant.qat import QATConfig, quantize_aware_train
+
+            qcfg = QATConfig.from_dict(r.get("qat"))
+            print(f"[{r['id']}] quantization-aware training, {qcfg.epochs} epoch(s)", flush=True)
+            path, _ = quantize_aware_train(
+                model, example, task.train_loader(qcfg.batch_size), task.loss_fn,
+                task.calibration_batches(qcfg.calibration.num_calibration, qcfg.calibration.calibration_batch_size),
+                row_dir / "model_int8_qat.onnx", qcfg, progress=self.progress)
         else:  # quant
             from .quant import PTQConfig, quantize
 
@@ -267,6 +281,10 @@ class Zoo:
         for row_id in rows or list(self.recipes):
             self.run_row(row_id, force=force and (not rows or row_id in rows))
         results = [self._results[i] for i in self.recipes if i in self._results]
+        first = {}
+        for r in results:
+            first.setdefault((r["task"], r["model"]), len(first))
+        results.sort(key=lambda r: (first[(r["task"], r["model"])], STRATEGIES.index(r["strategy"])))
         meta = {"profile": self.profile_name, "machine": machine_info(), "wall_seconds": round(time.time() - t0, 1)}
         write_json(self.out / "results.json", {"meta": meta, "rows": results})
         write_text(self.out / "ZOO.md", render_zoo_md(results, meta))
@@ -277,7 +295,7 @@ def _fmt_metric(row: dict) -> str:
     m = row["metric"]
     if row["strategy"] == "none":
         return f"{m['value']:.2f}"
-    return f"{m['value']:.2f} ({m['delta']:+.2f})"
+    return f"{m['value']:.2f} ({m['delta'] + 0.0:+.2f})"  # + 0.0: no "-0.00"
 
 
 def render_zoo_md(rows: list[dict], meta: dict) -> str:
@@ -297,7 +315,7 @@ def render_zoo_md(rows: list[dict], meta: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
-            lines.append(f"| {r['model']} | {r['strategy']} | {r['dataset']} | {_fmt_metric(r)} | "
+            lines.append(f"| {r['model']} | {STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r)} | "
                          f"{r['size_mb']:.2f} | {lat} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | "
                          f"{r['eval_size'][0]}x{r['eval_size'][1]} | {r['input_size'][0]}x{r['input_size'][1]} |")
         lines.append("")

@@ -33,7 +33,7 @@ def test_zoo_writes_rows_with_required_fields(zoo_run):
     assert int8["metric"]["delta"] == pytest.approx(int8["metric"]["value"] - fp32["metric"]["value"], abs=1e-3)
     assert int8["file"].endswith("model_int8.onnx") and fp32["file"].endswith("model_fp32.onnx")
     md = (out / "ZOO.md").read_text()
-    assert "| mobilenet_v1 | quant | synth-cls |" in md and "Latency T1 / T2 / T4" in md
+    assert "| mobilenet_v1 | quant (PTQ) | synth-cls |" in md and "Latency T1 / T2 / T4" in md
 
 
 def test_int8_file_is_small_and_its_accuracy_is_measured(zoo_run, tmp_path):
@@ -89,3 +89,15 @@ def test_render_zoo_md_signs_deltas():
            "input_size": [224, 224]}
     md = render_zoo_md([row], {"profile": "x", "machine": {}})
     assert "| 80.00 (-0.50) |" in md and "| 2.00 / 1.50 / 1.20 |" in md
+
+
+def test_smoke_profile_runs_every_row(tmp_path):
+    out = tmp_path / "smoke"
+    Zoo(out, profile_name="smoke", progress=False).run()
+    res = json.loads((out / "results.json").read_text())
+    assert {r["id"] for r in res["rows"]} == set(load_recipes())
+    by_id = {r["id"]: r for r in res["rows"]}
+    for r in res["rows"]:
+        if r["strategy"] != "none":
+            assert r["size_mb"] < 0.4 * by_id[r["base"]]["size_mb"]
+    assert "quant (QAT)" in (out / "ZOO.md").read_text()

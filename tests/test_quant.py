@@ -171,3 +171,36 @@ def test_per_layer_analysis_and_accuracy_aware(tmp_path):
     assert metric == 100.0 and path.is_file()
     png = plot_analysis(a, tmp_path / "a.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qat_onnx_agrees_with_fake_quant_model(tmp_path, synth_cls):
+    """The INT8 file written from QAT predicts like the PyTorch fake-quant model (>= 99% agreement)."""
+    from slimzoo.quant.qat import QATConfig, quantize_aware_train
+    from slimzoo.runtime import ort_session
+    from slimzoo.tasks import get_task
+    from slimzoo.training import TrainConfig, fit
+
+    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
+    torch.manual_seed(0)
+    model = slimzoo.create_model("mobilenet_v2", num_classes=task.num_classes, width_mult=0.25)
+    model = fit(model, task.train_loader(), task.loss_fn, TrainConfig(epochs=2, channels_last=False),
+                progress=False)
+    path, qmod = quantize_aware_train(model, task.example_inputs(), task.train_loader(), task.loss_fn,
+                                      task.calibration_batches(32), tmp_path / "qat.onnx",
+                                      QATConfig(epochs=1, lr=1e-3, max_steps=4, freeze_ranges_at=0.5),
+                                      progress=False)
+    sess = ort_session(path, 1)
+    agree = total = 0
+    with torch.no_grad():
+        for images, _ in task.val_loader():
+            a = qmod(images).argmax(1).numpy()
+            b = sess.run(None, {"input": images.numpy()})[0].argmax(1)
+            agree += int((a == b).sum())
+            total += len(a)
+    assert total == 48 and agree / total >= 0.99
+    # weights were really trained: they moved away from the folded FP32 weights
+    from slimzoo.export import fold_batchnorm
+
+    folded = fold_batchnorm(model).state_dict()
+    trained = qmod.float_initializers()
+    assert not np.allclose(trained["features.0.0.weight"], folded["features.0.0.weight"].numpy())
