@@ -33,5 +33,6 @@ bench-quant: env
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/ptq_calibration_sweep.py --zoo $(OUT)
 	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT)
+	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models resnet50 --num-calibration 512 --name ptq_vs_peers_resnet50_512
 
 bench: bench-quant

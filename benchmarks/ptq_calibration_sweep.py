@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--zoo", default="runs/zoo")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--models", nargs="*", default=["mobilenet_v1", "mobilenet_v2", "resnet50"])
-    ap.add_argument("--num-calibration", type=int, default=256)
+    ap.add_argument("--num-calibration", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -40,24 +40,27 @@ def main() -> None:
     for name in args.models:
         model, task = zoo.baseline(f"cls-{name}-none")
         fp32 = task.evaluate(OnnxPredictor(export_onnx(model, tmp / f"{name}.onnx", task.example_inputs())))["top1"]
-        calib = list(task.calibration_batches(args.num_calibration))
-        for method in METHODS:
-            for bc in (False, True):
-                t0 = time.perf_counter()
-                p = quantize(model, task.example_inputs(), calib, tmp / f"{name}_int8.onnx",
-                             PTQConfig(calibration=method, bias_correction=bc))
-                secs = time.perf_counter() - t0
-                drop = round(fp32 - task.evaluate(OnnxPredictor(p))["top1"], 3)
-                drops.setdefault((method, bc), []).append(drop)
-                lines.append(f"| {name} | {method} | {'yes' if bc else 'no'} | {fp32:.2f} | {drop:.2f} | {secs:.1f} |")
-                print(lines[-1], flush=True)
+        for n_cal in args.num_calibration:
+            calib = list(task.calibration_batches(n_cal))
+            for method in METHODS:
+                for bc in (False, True):
+                    t0 = time.perf_counter()
+                    p = quantize(model, task.example_inputs(), calib, tmp / f"{name}_int8.onnx",
+                                 PTQConfig(calibration=method, bias_correction=bc))
+                    secs = time.perf_counter() - t0
+                    drop = round(fp32 - task.evaluate(OnnxPredictor(p))["top1"], 3)
+                    drops.setdefault((method, bc), []).append(drop)
+                    lines.append(f"| {name} | {n_cal} | {method} | {'yes' if bc else 'no'} | {fp32:.2f} | "
+                                 f"{drop:.2f} | {secs:.1f} |")
+                    print(lines[-1], flush=True)
     mi = machine_info()
     md = ["# PTQ calibration sweep", "",
-          f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores). {args.num_calibration} calibration images; Top-1 "
+          f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores). Calibration on {args.num_calibration} images; Top-1 "
           "of each INT8 file in ONNX Runtime over the whole validation set (1,000 images: one image is 0.1 "
           "points). Command: `python benchmarks/ptq_calibration_sweep.py --zoo " + args.zoo + "`", "",
-          "| Model | Calibration | Bias correction | FP32 Top-1 | Drop | Quantize (s) |", "|---|---|---|---|---|---|",
-          *lines, "", "Mean / worst drop over the models:", "", "| Calibration | Bias correction | Mean drop | Worst drop |",
+          "| Model | Calib images | Calibration | Bias correction | FP32 Top-1 | Drop | Quantize (s) |",
+          "|---|---|---|---|---|---|---|",
+          *lines, "", "Mean / worst drop over the models and calibration sizes:", "", "| Calibration | Bias correction | Mean drop | Worst drop |",
           "|---|---|---|---|"]
     md += [f"| {m} | {'yes' if bc else 'no'} | {sum(d) / len(d):.2f} | {max(d):.2f} |" for (m, bc), d in drops.items()]
     write_text(Path(args.out) / "ptq_calibration_sweep.md", "\n".join(md) + "\n")

@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--bench-size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--name", default="ptq_vs_peers", help="file stem of the results")
     args = ap.parse_args()
     torch.set_num_threads(2)
     zoo = Zoo(Path(args.zoo), profile_name=args.profile)
@@ -105,22 +106,23 @@ def main() -> None:
                 print(rows[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "ptq_vs_peers.csv.tmp", "w", newline="") as f:
+    with open(out / f"{args.name}.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "ptq_vs_peers.csv.tmp").replace(out / "ptq_vs_peers.csv")
+    (out / f"{args.name}.csv.tmp").replace(out / f"{args.name}.csv")
     mi = machine_info()
     md = ["# PTQ: slimzoo vs peers", "",
           f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}; "
           f"{args.num_calibration} calibration images, whole validation set, latency at "
           f"{args.bench_size}x{args.bench_size}, batch 1, median of {args.runs}. "
-          "Command: `python benchmarks/ptq_vs_peers.py --zoo " + args.zoo + "`", "",
+          f"Command: `python benchmarks/ptq_vs_peers.py --zoo {args.zoo} --models {' '.join(args.models)} "
+          f"--num-calibration {args.num_calibration} --name {args.name}`", "",
           "| Model | Method | Top-1 | Drop | Size (MB) | T1 (ms) | T2 (ms) | Quantize (s) |",
           "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['method']} | {r['top1']:.2f} | {r['drop']:.2f} | {r['size_mb']:.2f} | "
            f"{r['t1_ms']:.2f} | {r['t2_ms']:.2f} | {r['quant_s']:.1f} |" for r in rows]
-    write_text(out / "ptq_vs_peers.md", "\n".join(md) + "\n")
+    write_text(out / f"{args.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 

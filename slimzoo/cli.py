@@ -108,7 +108,7 @@ def cmd_quant(args) -> None:
     task = _task(args)
     model = _model(args, task.num_classes)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
-                    keep_fp32=args.keep_fp32 or [], bias_correction=not args.no_bias_correction)
+                    keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -245,11 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="output .onnx path")
-    sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="mse",
+    sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
                     help="how activation ranges are chosen (see slimzoo.quant.calibrate)")
     sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
-    sp.add_argument("--no-bias-correction", action="store_true",
-                    help="skip correcting each layer's mean output shift caused by quantization")
+    sp.add_argument("--bias-correction", action="store_true",
+                    help="correct each layer's mean output shift caused by quantization")
     sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
     sp.add_argument("--analyze", action="store_true",

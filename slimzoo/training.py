@@ -6,10 +6,10 @@ the loop knows nothing about classification, detection or segmentation.
 from __future__ import annotations
 
 import math
-from functools import partial
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np

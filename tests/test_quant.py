@@ -204,3 +204,53 @@ def test_qat_onnx_agrees_with_fake_quant_model(tmp_path, synth_cls):
     folded = fold_batchnorm(model).state_dict()
     trained = qmod.float_initializers()
     assert not np.allclose(trained["features.0.0.weight"], folded["features.0.0.weight"].numpy())
+
+
+def test_cross_layer_equalization_preserves_function_and_balances_ranges(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant.equalize import equalization_pairs, equalize_cross_layer
+    from slimzoo.runtime import ort_session
+
+    m = _calibrated_model("mobilenet_v1")
+    with torch.no_grad():  # make channel ranges very unequal, as real depthwise layers are
+        m.features[1].dw[0].weight.mul_(torch.logspace(-2, 1, m.features[1].dw[0].weight.shape[0])[:, None, None, None])
+    path = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 48, 48))
+    model = onnx.load(str(path))
+    pairs = equalization_pairs(model)
+    assert len(pairs) == 26  # every conv but the last feeds the next one through a ReLU
+    eq = equalize_cross_layer(model)
+    onnx.save(eq, str(tmp_path / "eq.onnx"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    a = ort_session(path, 1).run(None, {"input": x})[0]
+    b = ort_session(tmp_path / "eq.onnx", 1).run(None, {"input": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+    def spread(mp, name):
+        w = {i.name: numpy_helper.to_array(i) for i in mp.graph.initializer}[name]
+        r = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+        return r.max() / r.min()
+
+    dw = pairs[1][0].input[1]  # the first depthwise conv's weight
+    assert spread(eq, dw) < 0.5 * spread(model, dw)
+
+
+def test_bias_correction_removes_mean_output_shift(tmp_path):
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant import PTQConfig, quantize_onnx
+    from slimzoo.runtime import ort_session
+
+    m = _calibrated_model("mobilenet_v2")
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 48, 48))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 3, 48, 48, generator=gen) for _ in range(4)]
+    ref = np.concatenate([ort_session(fp32, 1).run(None, {"input": b.numpy()})[0] for b in batches])
+    shift = {}
+    for bc in (False, True):
+        p, qp, _ = quantize_onnx(fp32, tmp_path / f"q{bc}.onnx", batches, PTQConfig(bias_correction=bc))
+        assert bool(qp.biases) == bc
+        out = np.concatenate([ort_session(p, 1).run(None, {"input": b.numpy()})[0] for b in batches])
+        shift[bc] = float(np.abs((out - ref).mean(axis=0)).mean())
+    assert shift[True] < shift[False]

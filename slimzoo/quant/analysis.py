@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ptq import PTQConfig, compute_qparams
+from .ptq import PTQConfig, _first_images, compute_qparams
 from .qdq import COMPUTE, QUANT_IO, QdqPlan, plan_qdq, write_qdq
 from .qparams import QuantParams
 
@@ -75,7 +75,7 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
     if cfg.bias_correction:
         from .bias_correction import correct_biases
 
-        full = correct_biases(model, full_plan, full, batches)
+        full = correct_biases(model, full_plan, full, _first_images(batches, cfg.bias_correction_images))
     ops = {n.name: n.op_type for n in model.graph.node}
     ref = _outputs(fp32_path, batches)
     fp32_metric = evaluate(Path(fp32_path))

@@ -7,7 +7,7 @@ does). The corrected biases are part of ``QuantParams``, so the one QDQ writer e
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

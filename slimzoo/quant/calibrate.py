@@ -101,8 +101,10 @@ class RangeObserver:
         lo, hi = min(self.lo[name], 0.0), max(self.hi[name], 0.0)
         if hi <= lo:
             return
-        h, _ = np.histogram(x, bins=BINS, range=(lo, hi))
-        self.hist[name] = self.hist.get(name, 0) + h
+        import torch  # histc is several times faster than np.histogram on large activations
+
+        h = torch.histc(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), bins=BINS, min=lo, max=hi)
+        self.hist[name] = self.hist.get(name, 0) + h.double().numpy()
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         out = {}

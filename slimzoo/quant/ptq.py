@@ -20,10 +20,12 @@ class PTQConfig:
     """Settings of post-training quantization (per-channel int8 weights, uint8 activations)."""
 
     # minmax | percentile | mse | entropy; the default was chosen by measurement (docs/quantization.md)
-    calibration: str = "mse"
+    calibration: str = "percentile"
     percentile: float = 99.99
     num_calibration: int = 256
-    bias_correction: bool = True
+    bias_correction: bool = False  # helped at 256 calibration images, hurt at 512: opt-in
+    bias_correction_images: int = 256
+    equalize: bool = False  # cross-layer equalization of conv pairs joined by ReLU (quant.equalize)
     calibration_batch_size: int = 32
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
 
@@ -54,6 +56,16 @@ def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]
     return qp
 
 
+def _first_images(batches: list, n: int) -> list:
+    out, seen = [], 0
+    for b in batches:
+        if seen >= n:
+            break
+        out.append(b[: n - seen])
+        seen += len(out[-1])
+    return out
+
+
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
                   ) -> tuple[Path, QuantParams, QdqPlan]:
     """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
@@ -61,6 +73,10 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
 
     cfg = cfg or PTQConfig()
     model = onnx.load(str(fp32_path))
+    if cfg.equalize:
+        from .equalize import equalize_cross_layer
+
+        model = equalize_cross_layer(model)
     batches = [b.numpy() if hasattr(b, "numpy") else b for b in batches]  # used more than once
     plan = plan_qdq(model, set(cfg.keep_fp32))
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
@@ -68,7 +84,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
     if cfg.bias_correction:
         from .bias_correction import correct_biases
 
-        qp = correct_biases(model, plan, qp, batches)
+        qp = correct_biases(model, plan, qp, _first_images(batches, cfg.bias_correction_images))
     return write_qdq(model, plan, qp, out_path), qp, plan
 
 

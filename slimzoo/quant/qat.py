@@ -11,12 +11,12 @@ ranges become ``QuantParams`` and ``write_qdq`` writes the INT8 file, as for PTQ
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import ConfigError
 from .ptq import PTQConfig
@@ -35,20 +35,20 @@ class QATConfig:
     batch_size: int = 64
     range_momentum: float = 0.9  # moving average of activation min/max
     # fraction of training after which activation ranges stop moving; 0 keeps the calibrated ranges
-    # (MobileNetV2: -0.2 Top-1 with 0, -0.5 with 0.6, docs/quantization.md)
+    # (MobileNetV2: -0.2 Top-1 with 0, -0.5 with 0.6, docs/quantization.md); calibrated with MSE
     freeze_ranges_at: float = 0.0
     seed: int = 0
     keep_fp32: list[str] = field(default_factory=list)
-    calibration: PTQConfig = field(default_factory=lambda: PTQConfig(bias_correction=False))
+    calibration: PTQConfig = field(default_factory=lambda: PTQConfig(calibration="mse"))
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "QATConfig":
+    def from_dict(cls, d: dict | None) -> QATConfig:
         d = dict(d or {})
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown QAT setting(s) {sorted(unknown)}")
         if isinstance(d.get("calibration"), dict):
-            d["calibration"] = PTQConfig.from_dict({"bias_correction": False, **d["calibration"]})
+            d["calibration"] = PTQConfig.from_dict({"calibration": "mse", **d["calibration"]})
         cfg = cls(**d)
         if not 0 <= cfg.freeze_ranges_at <= 1:
             raise ConfigError(f"freeze_ranges_at must be in [0, 1], got {cfg.freeze_ranges_at}")
