@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+import slimzoo
+from slimzoo.errors import ConfigError
+from slimzoo.tasks import get_task
+from slimzoo.training import TrainConfig, fit
+
+
+class _Stop(Exception):
+    pass
+
+
+def _setup(synth_cls):
+    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
+    torch.manual_seed(0)
+    model = slimzoo.create_model("mobilenet_v1", num_classes=task.num_classes, width_mult=0.25)
+    return task, model
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, synth_cls):
+    cfg = TrainConfig(epochs=2, channels_last=False)
+    task, model = _setup(synth_cls)
+    straight = fit(model, task.train_loader(), task.loss_fn, cfg, progress=False)
+
+    def stop_after_first(epoch, _):
+        if epoch == 0:
+            raise _Stop
+
+    state = tmp_path / "state.pt"
+    task, model = _setup(synth_cls)
+    with pytest.raises(_Stop):
+        fit(model, task.train_loader(), task.loss_fn, cfg, state_path=state, progress=False,
+            on_epoch_end=stop_after_first)
+    assert state.is_file()
+    task, fresh = _setup(synth_cls)  # a new process would start from a fresh model
+    resumed = fit(fresh, task.train_loader(), task.loss_fn, cfg, state_path=state, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_train_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown training setting"):
+        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
