@@ -254,3 +254,17 @@ def test_bias_correction_removes_mean_output_shift(tmp_path):
         out = np.concatenate([ort_session(p, 1).run(None, {"input": b.numpy()})[0] for b in batches])
         shift[bc] = float(np.abs((out - ref).mean(axis=0)).mean())
     assert shift[True] < shift[False]
+
+
+@pytest.mark.parametrize("kind", ["normal", "relu", "constant", "small"])
+def test_percentile_pair_equals_numpy(kind):
+    from slimzoo.quant.calibrate import percentile_pair
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 64, 16, 16) if kind != "small" else (7, 9)).astype(np.float32)
+    if kind == "relu":
+        x = np.maximum(x, 0)
+    elif kind == "constant":
+        x[:] = 3.0
+    for p in (99.99, 99.9, 95.0):
+        assert percentile_pair(x, p) == tuple(np.percentile(x, [100 - p, p]))  # bit for bit
