@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import reject_unknown_keys
 from .errors import ConfigError
 from .storage import atomic_write
 
@@ -40,12 +41,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
         """Build from a dict, rejecting unknown keys with a clear message."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
+        cfg = cls(**reject_unknown_keys(cls, d, "training"))
         if cfg.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
         if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.lr <= 0:

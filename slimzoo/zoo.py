@@ -234,7 +234,7 @@ class Zoo:
         from .runtime import OnnxPredictor
 
         row_dir = self.out / "rows" / r["id"]
-        model, task = self.baseline(r["base"] or r["id"]) if r.get("base") else self.baseline(r["id"])
+        model, task = self.baseline(r.get("base") or r["id"])
         bench = self.profile.get("bench", {})
         bench_size = r.get("bench_size", r["image_size"])
         example = task.example_inputs()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .calibrate import collect_ranges
 from .qdq import QdqPlan, plan_qdq, write_qdq
@@ -31,11 +32,7 @@ class PTQConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PTQConfig:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown quantization setting(s) {sorted(unknown)}")
-        return cls(**d)
+        return cls(**reject_unknown_keys(cls, d, "quantization"))
 
     def to_dict(self) -> dict:
         return asdict(self)

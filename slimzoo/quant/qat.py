@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .ptq import PTQConfig
 from .qdq import plan_qdq, write_qdq
@@ -43,10 +44,7 @@ class QATConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QATConfig:
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown QAT setting(s) {sorted(unknown)}")
+        d = reject_unknown_keys(cls, d, "QAT")
         if isinstance(d.get("calibration"), dict):
             d["calibration"] = PTQConfig.from_dict({"calibration": "mse", **d["calibration"]})
         cfg = cls(**d)
