@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test bench bench-quant clean
+.PHONY: env zoo zoo-smoke test bench bench-quant bench-prune clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,4 +35,8 @@ bench-quant: env
 	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT)
 	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models resnet50 --num-calibration 512 --name ptq_vs_peers_resnet50_512
 
-bench: bench-quant
+# MobileNetV1 -30% / -50% FLOPs, sensitivity-chosen vs uniform ratios, three fine-tuning seeds each
+bench-prune: env
+	$(PY) benchmarks/prune_sensitivity_vs_uniform.py --zoo $(OUT) --seeds 0 1 2
+
+bench: bench-quant bench-prune

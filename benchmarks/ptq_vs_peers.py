@@ -36,7 +36,11 @@ def slimzoo_ptq(model, task, fp32_path, out, calib):
 
 def ort_ptq(per_channel: bool):
     def run(model, task, fp32_path, out, calib):
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            quantize_static,
+        )
 
         class Reader(CalibrationDataReader):
             def __init__(self):

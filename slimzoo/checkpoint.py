@@ -1,4 +1,8 @@
-"""A trained model on disk: ``model.safetensors`` (plain state_dict) + ``config.json`` (how to rebuild it)."""
+"""A trained model on disk: ``model.safetensors`` (plain state_dict) + ``config.json`` (how to rebuild it).
+
+A pruned model's ``config.json`` carries its pruning record (``"pruning"``): loading builds the
+registered model, replays the record, then loads the weights; no pickle anywhere.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +22,7 @@ def save_checkpoint(model: nn.Module, out_dir: str | Path, config: dict) -> Path
 
 
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the registered model named in ``config.json`` and load its weights."""
+    """Rebuild the registered model named in ``config.json`` (pruned if it records a pruning) and load its weights."""
     from .models import create_model
 
     ckpt_dir = Path(ckpt_dir)
@@ -31,5 +35,9 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
         if key not in cfg:
             raise CheckpointError(f"{cfg_path}: missing key {key!r}")
     model = create_model(cfg["model"], num_classes=cfg["num_classes"], width_mult=cfg.get("width_mult", 1.0))
+    if cfg.get("pruning"):
+        from .prune import replay
+
+        replay(model, cfg["pruning"], source=f"{cfg_path} (pruning)")
     load_weights(model, ckpt_dir / "model.safetensors")
     return model.eval(), cfg

@@ -150,6 +150,85 @@ def cmd_qat(args) -> None:
     print(json.dumps(task.evaluate(OnnxPredictor(path), progress=True), indent=2))
 
 
+def _sensitivity_config(args, file_cfg: dict | None = None):
+    from .prune import SensitivityConfig
+
+    if file_cfg is not None:
+        return SensitivityConfig.from_dict(file_cfg)
+    return SensitivityConfig.from_dict({"ratios": args.ratios, "stop_loss": args.stop_loss,
+                                        "importance": args.importance, "round_to": args.round_to,
+                                        "eval_images": args.eval_images, "ignored": args.ignore or []})
+
+
+def _evaluate_torch(task, limit):
+    from .runtime import TorchPredictor
+
+    return lambda m: task.evaluate(TorchPredictor(m), limit=limit)[task.metric]
+
+
+def cmd_sensitivity(args) -> None:
+    from .prune import analyze_sensitivity, plot_sensitivity
+
+    task = _task(args)
+    model = _model(args, task.num_classes)
+    cfg = _sensitivity_config(args)
+    out = Path(args.out)
+    sens = analyze_sensitivity(model, task.example_inputs(), _evaluate_torch(task, cfg.eval_images), out, cfg,
+                               metric_name=task.metric)
+    png = plot_sensitivity(sens, out.with_suffix(".png"))
+    print(f"wrote {out} and {png}: {len(sens['layers'])} prunable groups, {sens['evaluations']} evaluations on "
+          f"{cfg.eval_images} images (the reference's 9 per layer would be {sens['reference_evaluations']})")
+
+
+def cmd_prune(args) -> None:
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .prune import PruneConfig, plot_sensitivity, prune
+    from .prune.sensitivity import model_fingerprint
+    from .runtime import TorchPredictor
+    from .storage import read_json
+    from .training import TrainConfig, fit
+
+    task = _task(args)
+    model = _model(args, task.num_classes)
+    out = Path(args.out)
+    sens_path = Path(args.sensitivity) if args.sensitivity else out / "sensitivity.json"
+    file_cfg = None
+    if not args.uniform and args.sensitivity and sens_path.is_file():
+        sens = read_json(sens_path)
+        if sens.get("fingerprint") != model_fingerprint(model) or not all(
+                e.get("done") for e in sens.get("layers", {}).values()):
+            raise ConfigError(f"{sens_path}: measured on other weights or unfinished; rerun `slimzoo sensitivity` "
+                              "on this model (it resumes an unfinished file)")
+        file_cfg = sens["config"]
+    cfg = PruneConfig(flops_reduction=args.flops_reduction, method="uniform" if args.uniform else "sensitivity",
+                      importance=args.importance, round_to=args.round_to,
+                      sensitivity=_sensitivity_config(args, file_cfg))
+    cfg = PruneConfig.from_dict(cfg.to_dict())
+    pruned, rec, info = prune(model, task.example_inputs(), cfg, sensitivity_path=sens_path,
+                              evaluate=_evaluate_torch(task, cfg.sensitivity.eval_images), metric_name=task.metric)
+    if cfg.method == "sensitivity":
+        plot_sensitivity(read_json(sens_path), sens_path.with_suffix(".png"))
+    info["metric_before_finetune"] = task.evaluate(TorchPredictor(pruned))[task.metric]
+    print(f"FLOPs -{info['flops_reduction']:.1%}, params -{info['params_reduction']:.1%}; {task.metric} before "
+          f"fine-tuning {info['metric_before_finetune']:.2f}")
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp, seed=args.seed,
+                       num_workers=args.workers, warmup_epochs=0.1)
+    if tcfg.epochs:
+        torch.manual_seed(tcfg.seed)
+        pruned = fit(pruned, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg,
+                     state_path=out / "finetune_state.pt")
+    metrics = task.evaluate(TorchPredictor(pruned), progress=True)
+    base = read_json(Path(args.checkpoint) / "config.json") if args.checkpoint else {}
+    save_checkpoint(pruned, out, {"model": base.get("model", args.model), "num_classes": task.num_classes,
+                                  "width_mult": base.get("width_mult", args.width_mult),
+                                  "image_size": args.image_size, "classes": task.classes, "finetune": tcfg.to_dict(),
+                                  "prune_info": info, "pruning": rec.to_dict(), "val_metrics": metrics})
+    (out / "finetune_state.pt").unlink(missing_ok=True)
+    print(json.dumps({"checkpoint": str(out), **info, **metrics}, indent=2))
+
+
 def cmd_bench(args) -> None:
     from .bench import benchmark_latency, file_size_mb
 
@@ -273,6 +352,41 @@ def build_parser() -> argparse.ArgumentParser:
                          "(0: keep the calibrated ranges)")
     sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float (module or node names)")
     sp.set_defaults(func=cmd_qat)
+
+    def prune_args(sp):
+        sp.add_argument("--importance", choices=["l1", "fpgm"], default="l1",
+                        help="how filters are ranked: L1 norm (the reference's) or FPGM (geometric median)")
+        sp.add_argument("--round-to", type=int, default=8,
+                        help="keep channel counts a multiple of this, so pruned layers stay fast (default 8)")
+        sp.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                        help="pruning ratios each group is evaluated at (loss in between is interpolated)")
+        sp.add_argument("--stop-loss", type=float, default=0.2,
+                        help="stop a group's sweep once its relative metric loss passes this")
+        sp.add_argument("--eval-images", type=int, default=500, help="validation images per evaluation")
+        sp.add_argument("--ignore", nargs="*", help="layers (module names) never to prune")
+
+    sp = sub.add_parser("sensitivity", help="per-layer pruning sensitivity: readable JSON (resumable) + PNG plot")
+    data_args(sp)
+    model_args(sp)
+    prune_args(sp)
+    sp.add_argument("--out", required=True, help="output .json path (the plot goes beside it as .png)")
+    sp.set_defaults(func=cmd_sensitivity)
+
+    sp = sub.add_parser("prune", help="structured channel pruning to a FLOPs target, then fine-tuning")
+    data_args(sp)
+    model_args(sp)
+    prune_args(sp)
+    sp.add_argument("--flops-reduction", type=float, required=True, help="fraction of FLOPs to remove, e.g. 0.5")
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--sensitivity", help="sensitivity JSON from `slimzoo sensitivity` (default: measure it into "
+                     "OUT/sensitivity.json)")
+    how.add_argument("--uniform", action="store_true", help="prune every layer by the same ratio instead")
+    sp.add_argument("--out", required=True, help="checkpoint folder for the pruned model (weights + pruning record)")
+    sp.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: none)")
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on AMX CPUs)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime at 1/2/4 threads")
     sp.add_argument("--onnx", required=True)

@@ -20,9 +20,9 @@ from .errors import ConfigError
 from .storage import read_json, write_json, write_text
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-STRATEGIES = ("none", "quant", "qat")
-ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "image_size", "bench_size",
-            "num_classes", "description"}
+STRATEGIES = ("none", "quant", "qat", "prune")
+ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
+            "image_size", "bench_size", "num_classes", "description"}
 METRIC_LABEL = {"top1": "Top-1 (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
@@ -62,7 +62,7 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
         if r["strategy"] not in STRATEGIES:
             raise ConfigError(f"{p}: strategy {r['strategy']!r} not one of {STRATEGIES}")
         if r["strategy"] != "none" and not isinstance(r.get("base"), str):
-            raise ConfigError(f"{p}: a compressed row needs 'base: <id of its FP32 row>'")
+            raise ConfigError(f"{p}: a compressed row needs 'base: <id of the row it compresses>'")
         if r["id"] in recipes:
             raise ConfigError(f"{p}: duplicate row id {r['id']!r}")
         r["_file"] = str(p)
@@ -70,6 +70,11 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
     for r in recipes.values():
         if r.get("base") and r["base"] not in recipes:
             raise ConfigError(f"{r['_file']}: base row {r['base']!r} not found")
+        if r.get("base") and recipes[r["base"]]["strategy"] not in ("none", "prune"):
+            raise ConfigError(f"{r['_file']}: base row {r['base']!r} has no PyTorch model to compress "
+                              "(a base must be an FP32 'none' row or a 'prune' row)")
+        if r["strategy"] == "prune" and recipes[r["base"]]["strategy"] != "none":
+            raise ConfigError(f"{r['_file']}: a prune row's base must be an FP32 'none' row")
     return recipes
 
 
@@ -188,6 +193,63 @@ class Zoo:
         state.unlink(missing_ok=True)
         return model.eval(), task
 
+    def model_of(self, row_id: str):
+        """The PyTorch model a row produces (FP32 baseline or pruned + fine-tuned) and its task."""
+        strategy = self.recipes[row_id]["strategy"]
+        if strategy == "none":
+            return self.baseline(row_id)
+        if strategy == "prune":
+            return self.pruned(row_id)
+        raise ConfigError(f"row {row_id!r} ({strategy}) produces an ONNX file, not a PyTorch model")
+
+    def root_row(self, row_id: str) -> str:
+        """The FP32 row at the start of ``row_id``'s chain of bases."""
+        while self.recipes[row_id].get("base"):
+            row_id = self.recipes[row_id]["base"]
+        return row_id
+
+    def pruned(self, row_id: str):
+        """The pruned and fine-tuned model of a ``prune`` row (computed now if needed; resumable) and its task."""
+        from .checkpoint import load_checkpoint, save_checkpoint
+        from .prune import PruneConfig, plot_sensitivity, prune
+        from .runtime import TorchPredictor
+        from .training import TrainConfig, fit
+
+        r = self.recipe(row_id)
+        base_model, task = self.model_of(r["base"])
+        pcfg = PruneConfig.from_dict(r.get("prune"))
+        tcfg = TrainConfig.from_dict(r.get("finetune"))
+        base_key = read_json(self.out / "models" / r["base"] / "config.json")["key"]
+        key = _hash({"prune": pcfg.to_dict(), "finetune": tcfg.to_dict(), "base": base_key,
+                     "image_size": r["image_size"]})
+        ckpt = self.out / "models" / row_id
+        cfg_file = ckpt / "config.json"
+        if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
+            return load_checkpoint(ckpt)[0], task
+        limit = pcfg.sensitivity.eval_images
+        sens_path = (self.out / "models" / r["base"] /
+                     f"sensitivity-{_hash(pcfg.sensitivity.to_dict() | {'size': r['image_size']})}.json")
+        print(f"[{row_id}] pruning {r['model']}: -{pcfg.flops_reduction:.0%} FLOPs, {pcfg.method} ratios", flush=True)
+        model, rec, info = prune(base_model, task.example_inputs(), pcfg, sensitivity_path=sens_path,
+                                 evaluate=lambda m: task.evaluate(TorchPredictor(m), limit=limit)[task.metric],
+                                 metric_name=task.metric, progress=self.progress)
+        if pcfg.method == "sensitivity":
+            plot_sensitivity(read_json(sens_path), sens_path.with_suffix(".png"))
+            info["sensitivity_file"] = str(sens_path)
+        info["metric_before_finetune"] = round(task.evaluate(TorchPredictor(model))[task.metric], 3)
+        print(f"[{row_id}] FLOPs -{info['flops_reduction']:.1%}, {task.metric} before fine-tuning "
+              f"{info['metric_before_finetune']:.2f}; fine-tuning {tcfg.epochs} epoch(s)", flush=True)
+        state = ckpt / f"finetune_state-{key}.pt"
+        torch.manual_seed(tcfg.seed)
+        model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
+                    progress=self.progress)
+        save_checkpoint(model, ckpt, {"model": r["model"], "num_classes": task.num_classes,
+                                      "width_mult": r.get("width_mult", 1.0), "image_size": r["image_size"],
+                                      "classes": task.classes, "finetune": tcfg.to_dict(), "key": key,
+                                      "prune_info": info, "pruning": rec.to_dict()})
+        state.unlink(missing_ok=True)
+        return model.eval(), task
+
     # -- rows -------------------------------------------------------------------------------------
     def run_row(self, row_id: str, force: bool = False) -> dict:
         """Run one row (and the FP32 row it compresses), reusing a finished result when unchanged."""
@@ -204,7 +266,7 @@ class Zoo:
                 self._results[row_id] = old
                 return old
         t0 = time.time()
-        res = self._compute_row(r, base_res)
+        res = self._compute_row(r)
         res["recipe_hash"] = key
         res["seconds"] = round(time.time() - t0, 1)
         write_json(row_file, res)
@@ -224,21 +286,28 @@ class Zoo:
             from .quant.qat import QATConfig
 
             return QATConfig.from_dict(r.get("qat")).to_dict()
+        if r["strategy"] == "prune":
+            from .prune import PruneConfig
+            from .training import TrainConfig
+
+            return {"prune": PruneConfig.from_dict(r.get("prune")).to_dict(),
+                    "finetune": TrainConfig.from_dict(r.get("finetune")).to_dict()}
         from .training import TrainConfig
 
         return TrainConfig.from_dict(r.get("train")).to_dict()
 
-    def _compute_row(self, r: dict, base_res: dict | None) -> dict:
+    def _compute_row(self, r: dict) -> dict:
         from .bench import benchmark_latency, count_flops_params, file_size_mb
         from .export import export_onnx
         from .runtime import OnnxPredictor
 
         row_dir = self.out / "rows" / r["id"]
-        model, task = self.baseline(r.get("base") or r["id"])
+        own_model = r["strategy"] in ("none", "prune")
+        model, task = self.model_of(r["id"] if own_model else r["base"])
         bench = self.profile.get("bench", {})
         bench_size = r.get("bench_size", r["image_size"])
         example = task.example_inputs()
-        if r["strategy"] == "none":
+        if own_model:
             path = export_onnx(model, row_dir / "model_fp32.onnx", example)
         elif r["strategy"] == "qat":
             from .quant.qat import QATConfig, quantize_aware_train
@@ -260,7 +329,9 @@ class Zoo:
         print(f"[{r['id']}] evaluating {path.name} in ONNX Runtime", flush=True)
         metrics = task.evaluate(OnnxPredictor(path, threads=2), progress=self.progress)
         value = metrics[task.metric]
-        delta = round(value - base_res["metric"]["value"], 3) if base_res else 0.0
+        root = self.root_row(r["id"])
+        delta = round(value - self.run_row(root)["metric"]["value"], 3) if root != r["id"] else 0.0
+        pruning = self._pruning_of(r["id"])
         flops, params = count_flops_params(model, torch.randn(1, 3, bench_size, bench_size))
         print(f"[{r['id']}] benchmarking at {bench_size}x{bench_size}", flush=True)
         lat = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2, 4))),
@@ -273,7 +344,16 @@ class Zoo:
                 "latency_p90_ms": {k: v["p90"] for k, v in lat.items()},
                 "flops": flops, "params": params, "input_size": [bench_size, bench_size],
                 "eval_size": [r["image_size"], r["image_size"]], "width_mult": r.get("width_mult", 1.0),
-                "file": str(path), "profile": self.profile_name}
+                "file": str(path), "profile": self.profile_name, "label": _label(r["strategy"], pruning),
+                "pruning": pruning}
+
+    def _pruning_of(self, row_id: str) -> dict | None:
+        """The pruning summary of a prune row, or of the prune row a quantized row starts from."""
+        for rid in (row_id, self.recipes[row_id].get("base")):
+            if rid and self.recipes[rid]["strategy"] == "prune":
+                cfg = read_json(self.out / "models" / rid / "config.json")
+                return {"row": rid, **cfg["prune_info"]}
+        return None
 
     def run(self, rows: list[str] | None = None, force: bool = False) -> list[dict]:
         """Run ``rows`` (default: all), then write ``results.json`` and ``ZOO.md`` from every finished row."""
@@ -284,11 +364,27 @@ class Zoo:
         first = {}
         for r in results:
             first.setdefault((r["task"], r["model"]), len(first))
-        results.sort(key=lambda r: (first[(r["task"], r["model"])], STRATEGIES.index(r["strategy"])))
+        results.sort(key=lambda r: (first[(r["task"], r["model"])], *_order(r)))
         meta = {"profile": self.profile_name, "machine": machine_info(), "wall_seconds": round(time.time() - t0, 1)}
         write_json(self.out / "results.json", {"meta": meta, "rows": results})
         write_text(self.out / "ZOO.md", render_zoo_md(results, meta))
         return results
+
+
+def _label(strategy: str, pruning: dict | None) -> str:
+    if not pruning:
+        return STRATEGY_LABEL.get(strategy, strategy)
+    label = f"prune -{pruning['target_flops_reduction']:.0%}"
+    if pruning.get("method") == "uniform":
+        label += " (uniform)"
+    return label + {"quant": " + quant", "qat": " + QAT"}.get(strategy, "")
+
+
+def _order(row: dict) -> tuple:
+    """Table order within a model: FP32, PTQ, QAT, then pruned rows by FLOPs target, each before its INT8 row."""
+    p = row.get("pruning")
+    rank = STRATEGIES.index(row["strategy"]) if row["strategy"] in STRATEGIES else 9
+    return (1, p["target_flops_reduction"], rank) if p else (0, 0.0, rank)
 
 
 def _fmt_metric(row: dict) -> str:
@@ -315,7 +411,7 @@ def render_zoo_md(rows: list[dict], meta: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
-            lines.append(f"| {r['model']} | {STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r)} | "
+            lines.append(f"| {r['model']} | {r.get('label') or STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r)} | "
                          f"{r['size_mb']:.2f} | {lat} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | "
                          f"{r['eval_size'][0]}x{r['eval_size'][1]} | {r['input_size'][0]}x{r['input_size'][1]} |")
         lines.append("")

@@ -41,3 +41,30 @@ def test_train_export_quant_bench_cli(tmp_path, synth_cls, capsys):
                  "--threads", "1", "--json", str(tmp_path / "b.json")]) == 0
     assert (tmp_path / "b.json").is_file()
     assert '"top1"' in capsys.readouterr().out
+
+
+def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
+    import json
+
+    from slimzoo.checkpoint import load_checkpoint
+
+    ck = tmp_path / "ck"
+    common = ["--data", str(synth_cls), "--image-size", "32", "--batch-size", "16", "--workers", "0"]
+    assert main(["train", *common, "--model", "mobilenet_v1", "--width-mult", "0.5", "--epochs", "1",
+                 "--out", str(ck)]) == 0
+    sens = tmp_path / "sens.json"
+    assert main(["sensitivity", *common, "--checkpoint", str(ck), "--eval-images", "32", "--out", str(sens)]) == 0
+    data = json.loads(sens.read_text())
+    assert data["evaluations"] <= data["reference_evaluations"] / 3 and sens.with_suffix(".png").is_file()
+    pruned = tmp_path / "pruned"
+    assert main(["prune", *common, "--checkpoint", str(ck), "--flops-reduction", "0.3", "--sensitivity", str(sens),
+                 "--epochs", "1", "--out", str(pruned)]) == 0
+    assert json.loads(sens.read_text()) == data  # a finished analysis is reused, not redone
+    _, cfg = load_checkpoint(pruned)
+    assert cfg["prune_info"]["flops_reduction"] >= 0.3 and cfg["pruning"]["steps"]
+    assert main(["quant", *common, "--checkpoint", str(pruned), "--num-calibration", "16",
+                 "--out", str(tmp_path / "pq.onnx")]) == 0
+    # a sensitivity file of other weights is refused, not silently used
+    assert main(["prune", *common, "--model", "mobilenet_v1", "--width-mult", "0.5", "--num-classes", "10",
+                 "--flops-reduction", "0.3", "--sensitivity", str(sens), "--out", str(tmp_path / "x")]) == 2
+    assert "other weights" in capsys.readouterr().err

@@ -98,6 +98,12 @@ def test_smoke_profile_runs_every_row(tmp_path):
     assert {r["id"] for r in res["rows"]} == set(load_recipes())
     by_id = {r["id"]: r for r in res["rows"]}
     for r in res["rows"]:
-        if r["strategy"] != "none":
+        if r["strategy"] in ("quant", "qat") and by_id[r["base"]]["strategy"] == "none":
             assert r["size_mb"] < 0.45 * by_id[r["base"]]["size_mb"]  # tiny widths: metadata weighs more
-    assert "quant (QAT)" in (out / "ZOO.md").read_text()
+        elif r["strategy"] in ("quant", "qat"):  # INT8 of a pruned tiny model: metadata weighs even more
+            assert r["size_mb"] < by_id[r["base"]]["size_mb"]
+        if r["strategy"] == "prune":
+            assert r["flops"] <= (1 - r["pruning"]["target_flops_reduction"]) * by_id[r["base"]]["flops"] * 1.01
+            assert r["size_mb"] < by_id[r["base"]]["size_mb"]
+    md = (out / "ZOO.md").read_text()
+    assert "quant (QAT)" in md and "| mobilenet_v1 | prune -50% + quant |" in md

@@ -1,0 +1,253 @@
+"""Sensitivity analysis and ratio selection for a FLOPs target.
+
+Each prunable group is pruned alone at a few ratios and the relative metric loss
+``(base - metric) / base`` recorded. Three ideas keep it cheap compared with the reference's
+nine full evaluations per layer:
+
+* a coarse sweep (default ratios 0.25 / 0.5 / 0.75); the loss in between is interpolated
+  linearly from (0, 0) through the measured points, and a ratio beyond the last measured one is
+  never chosen;
+* ratios that round to the same channel count (``round_to``) share one evaluation;
+* a layer's sweep stops once its loss passes ``stop_loss``, the largest loss that can matter.
+
+Evaluation runs on a fixed subset of the validation data (``evaluate`` decides; the CLI and zoo
+pass a ``limit``). The result is a readable JSON file, rewritten atomically after every
+evaluation so that an interrupted analysis resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import reject_unknown_keys
+from ..errors import ConfigError
+from ..storage import read_json, write_json
+from .core import (
+    IMPORTANCES,
+    apply_ratios,
+    build_graph,
+    channels_to_keep,
+    flops_after,
+    prunable_groups,
+)
+
+REFERENCE_EVALS_PER_LAYER = 9  # PaddleSlim: ratios 0.1 .. 0.9, a full evaluation each
+
+
+@dataclass
+class SensitivityConfig:
+    """How the sensitivity of each prunable group is measured."""
+
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    stop_loss: float = 0.2  # stop a layer's sweep once its relative loss passes this
+    importance: str = "l1"
+    round_to: int = 8
+    eval_images: int = 500  # validation images per evaluation (the zoo and CLI pass this as a limit)
+    ignored: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> SensitivityConfig:
+        cfg = cls(**reject_unknown_keys(cls, d, "sensitivity"))
+        cfg.ratios = tuple(sorted(float(r) for r in cfg.ratios))
+        cfg.ignored = tuple(cfg.ignored)
+        if not cfg.ratios or not all(0 < r < 1 for r in cfg.ratios):
+            raise ConfigError(f"sensitivity ratios must lie in (0, 1), got {cfg.ratios}")
+        if cfg.importance not in IMPORTANCES:
+            raise ConfigError(f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}")
+        if cfg.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1, got {cfg.round_to}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratios"], d["ignored"] = list(self.ratios), list(self.ignored)
+        return d
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of every tensor in the state_dict: a resumed analysis must be of the same weights."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate: Callable[[nn.Module], float],
+                        out_path: str | Path, cfg: SensitivityConfig | None = None, *, metric_name: str = "metric",
+                        progress: bool = True) -> dict:
+    """Measure each group's loss vs pruning ratio into ``out_path`` (JSON), resuming a matching earlier run.
+
+    ``evaluate(model) -> float`` returns the task metric (higher is better) of a model.
+    """
+    from tqdm import tqdm
+
+    cfg = cfg or SensitivityConfig()
+    out_path = Path(out_path)
+    dg = build_graph(model, example_inputs)
+    groups = prunable_groups(model, dg, list(cfg.ignored))
+    if not groups:
+        raise ConfigError(f"{type(model).__name__}: no prunable layer groups found")
+    fp = model_fingerprint(model)
+    res = read_json(out_path) if out_path.is_file() else None
+    if not (res and res.get("fingerprint") == fp and res.get("config") == cfg.to_dict()):
+        res = {"version": 1, "model": type(model).__name__, "fingerprint": fp, "config": cfg.to_dict(),
+               "metric": metric_name, "base_metric": None, "evaluations": 0,
+               "reference_evaluations": REFERENCE_EVALS_PER_LAYER * len(groups),
+               "layers": {g.name: {"channels": g.channels, "coupled": g.layers, "points": [], "done": False}
+                          for g in groups}}
+    if res["base_metric"] is None:
+        res["base_metric"] = float(evaluate(model))
+        res["evaluations"] += 1
+        write_json(out_path, res)
+    base = res["base_metric"]
+    todo = [g for g in groups if not res["layers"][g.name]["done"]]
+    bar = tqdm(todo, desc="sensitivity", disable=None if progress else True)
+    for g in bar:
+        entry = res["layers"][g.name]
+        done_ratios = {p["ratio"] for p in entry["points"]}
+        for ratio in cfg.ratios:
+            if ratio in done_ratios:
+                continue
+            keep = channels_to_keep(g.channels, ratio, cfg.round_to)
+            same = next((p for p in entry["points"] if p["keep"] == keep), None)
+            if keep >= g.channels:
+                point = {"ratio": ratio, "keep": keep, "metric": base, "loss": 0.0, "evaluated": False}
+            elif same is not None:
+                point = {**same, "ratio": ratio, "evaluated": False}
+            else:
+                bar.set_postfix(layer=g.name[-24:], ratio=ratio)
+                m = copy.deepcopy(model)
+                apply_ratios(m, example_inputs, {g.name: ratio}, importance_name=cfg.importance,
+                             round_to=cfg.round_to)
+                value = float(evaluate(m))
+                point = {"ratio": ratio, "keep": keep, "metric": value,
+                         "loss": (base - value) / abs(base) if base else base - value, "evaluated": True}
+                res["evaluations"] += 1
+            entry["points"].append(point)
+            write_json(out_path, res)  # after every evaluation: an interrupted run resumes here
+            if point["loss"] > cfg.stop_loss:
+                break
+        entry["done"] = True
+        write_json(out_path, res)
+    return res
+
+
+def loss_at(entry: dict, ratio: float) -> float | None:
+    """Loss at ``ratio``, linearly interpolated from (0, 0) through the measured points; None beyond them."""
+    pts = [(0.0, 0.0)] + sorted((p["ratio"], p["loss"]) for p in entry["points"])
+    if ratio > pts[-1][0] + 1e-9:
+        return None
+    for (r0, l0), (r1, l1) in itertools.pairwise(pts):
+        if ratio <= r1 + 1e-9:
+            return l0 + (l1 - l0) * (ratio - r0) / (r1 - r0) if r1 > r0 else l1
+    return pts[-1][1]
+
+
+def ratios_for_threshold(sens: dict, threshold: float, step: float = 0.05) -> dict[str, float]:
+    """Per group, the largest ratio (on a ``step`` grid) up to which the loss stays at or under ``threshold``."""
+    grid = [round(i * step, 4) for i in range(1, round(1 / step))]
+    out = {}
+    for name, entry in sens["layers"].items():
+        best = 0.0
+        for r in grid:
+            loss = loss_at(entry, r)
+            if loss is None or loss > threshold:
+                break
+            best = r
+        if best > 0:
+            out[name] = best
+    return out
+
+
+def _reduction(flops0: int, flops1: int) -> float:
+    return 1.0 - flops1 / flops0
+
+
+def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict, flops_reduction: float, *,
+                     round_to: int = 8, iters: int = 24) -> tuple[dict[str, float], float, float]:
+    """Binary-search the loss threshold until the chosen ratios remove ``flops_reduction`` of the FLOPs.
+
+    Returns (ratios, threshold, achieved reduction); the smallest threshold that reaches the target.
+    """
+    from ..bench import count_flops_params
+
+    flops0 = count_flops_params(model, example_inputs)[0]
+    losses = [p["loss"] for e in sens["layers"].values() for p in e["points"]]
+    hi = max(losses + [0.0]) + 1e-6
+    ratios = ratios_for_threshold(sens, hi)
+    best = (ratios, hi, _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to)))
+    if best[2] < flops_reduction:
+        raise ConfigError(f"the sensitivity file allows at most {best[2]:.1%} FLOPs reduction (every layer at its "
+                          f"largest measured ratio), short of {flops_reduction:.1%}; analyse larger ratios "
+                          "(--ratios) or a higher stop loss, or ask for less")
+    lo = -1e-9
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        ratios = ratios_for_threshold(sens, mid)
+        red = _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to))
+        if red >= flops_reduction:
+            hi, best = mid, (ratios, mid, red)
+        else:
+            lo = mid
+        if hi - lo < 1e-5:
+            break
+    return best
+
+
+def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reduction: float, *, round_to: int = 8,
+                  ignored: tuple[str, ...] = (), iters: int = 16) -> tuple[dict[str, float], float]:
+    """The same ratio for every prunable group, binary-searched to reach ``flops_reduction``."""
+    from ..bench import count_flops_params
+
+    names = [g.name for g in prunable_groups(model, build_graph(model, example_inputs), list(ignored))]
+    flops0 = count_flops_params(model, example_inputs)[0]
+    lo, hi = 0.0, 0.95
+    best = None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        ratios = dict.fromkeys(names, round(mid, 4))
+        red = _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to))
+        if red >= flops_reduction:
+            hi, best = mid, (ratios, red)
+        else:
+            lo = mid
+    if best is None:
+        raise ConfigError(f"uniform pruning cannot remove {flops_reduction:.1%} of the FLOPs")
+    return best
+
+
+def plot_sensitivity(sens: dict, path: str | Path) -> Path:
+    """A PNG of relative metric loss vs pruning ratio, one line per prunable group (measured points marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..storage import atomic_write
+
+    layers = sens["layers"]
+    fig, ax = plt.subplots(figsize=(10, 6))
+    cmap = plt.get_cmap("viridis")
+    for i, (name, e) in enumerate(layers.items()):
+        pts = [(0.0, 0.0)] + sorted((p["ratio"], 100 * p["loss"]) for p in e["points"])
+        ax.plot(*zip(*pts), "-o", ms=3, lw=1, color=cmap(i / max(1, len(layers) - 1)),
+                label=f"{name} ({e['channels']})")
+    ax.axhline(100 * sens["config"]["stop_loss"], color="grey", ls="--", lw=0.8, label="stop loss")
+    ax.set_xlabel("pruning ratio of the group's channels")
+    ax.set_ylabel(f"relative {sens['metric']} loss (%)")
+    ax.set_title(f"Pruning sensitivity of {sens['model']}: base {sens['metric']} {sens['base_metric']:.2f}, "
+                 f"{sens['evaluations']} evaluations (reference: {sens['reference_evaluations']})")
+    ax.legend(fontsize=6, ncol=2 if len(layers) > 20 else 1, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(path)
