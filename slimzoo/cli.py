@@ -10,11 +10,14 @@ from .errors import ConfigError, SlimzooError
 
 
 def _task(args, data: str | None = None):
+    """The task of the dataset folder: detection for COCO/VOC layouts, else classification."""
     from .tasks import get_task
 
-    return get_task("classification", data_root=data or args.data, image_size=args.image_size,
-                    batch_size=args.batch_size, num_workers=args.workers,
-                    skip_bad_samples=getattr(args, "skip_bad_samples", False))
+    root = Path(data or args.data)
+    name = "detection" if (root / "annotations").is_dir() or (root / "Annotations").is_dir() else "classification"
+    kw = {"skip_bad_samples": getattr(args, "skip_bad_samples", False)} if name == "classification" else {}
+    return get_task(name, data_root=root, image_size=args.image_size, batch_size=args.batch_size,
+                    num_workers=args.workers, **kw)
 
 
 def _model(args, num_classes: int | None = None):
@@ -38,8 +41,13 @@ def cmd_list_models(args) -> None:
 
 
 def cmd_data_synth(args) -> None:
-    if args.task != "cls":
-        raise ConfigError(f"--task {args.task}: only 'cls' is available so far")
+    if args.task == "det":
+        from .data.synth_det import write_synth_det
+
+        out = write_synth_det(args.out, fmt=args.format, num_train=args.num_train, num_val=args.num_val,
+                              size=args.size, seed=args.seed)
+        print(f"wrote synthetic detection dataset ({args.format}) to {out}")
+        return
     from .data.synth_cls import write_synth_cls
 
     out = write_synth_cls(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size, seed=args.seed)
@@ -285,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     sp = data.add_parser("synth", help="write a deterministic synthetic dataset in a real format")
-    sp.add_argument("--task", choices=["cls"], default="cls")
+    sp.add_argument("--task", choices=["cls", "det"], default="cls")
+    sp.add_argument("--format", choices=["coco", "voc"], default="coco", help="detection: COCO JSON or VOC XML")
     sp.add_argument("--out", required=True)
     sp.add_argument("--num-train", type=int, default=8000)
     sp.add_argument("--num-val", type=int, default=1000)

@@ -67,6 +67,15 @@ def module_name(node, inits: set[str]) -> str:
     return node.name
 
 
+def _non_float_tensors(model) -> set[str]:
+    """Names of tensors that shape inference types as anything but float32."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    vis = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    return {v.name for v in vis if v.type.tensor_type.elem_type not in (0, onnx.TensorProto.FLOAT)}
+
+
 def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     """Decide quantization placement for an FP32 ONNX model.
 
@@ -85,10 +94,12 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
         for i in n.input:
             consumers[i].append(n)
     graph_outputs = {o.name for o in g.output}
+    nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
     plan = QdqPlan()
 
     def is_quantized_op(n) -> bool:
-        return n.name not in keep_fp32 and (n.op_type in COMPUTE or n.op_type in QUANT_IO)
+        return (n.name not in keep_fp32 and (n.op_type in COMPUTE or n.op_type in QUANT_IO)
+                and n.output[0] not in nonfloat)
 
     # 1. activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y
     effective_out: dict[str, str] = {}  # output of P -> tensor that will carry the quantized value
@@ -112,7 +123,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     acts: list[str] = []
 
     def add(t: str) -> None:
-        if t and t not in consts and t not in acts:
+        if t and t not in consts and t not in acts and t not in nonfloat:
             acts.append(t)
 
     for n in g.node:

@@ -5,9 +5,13 @@ from ..errors import ConfigError
 
 
 def get_task(name: str, **kwargs):
-    """Build a task by name (``classification`` for now)."""
+    """Build a task by name: ``classification`` or ``detection``."""
     if name == "classification":
         from .classification import ClassificationTask
 
         return ClassificationTask(**kwargs)
-    raise ConfigError(f"unknown task {name!r}; known: classification")
+    if name == "detection":
+        from .detection import DetectionTask
+
+        return DetectionTask(**kwargs)
+    raise ConfigError(f"unknown task {name!r}; known: classification, detection")
