@@ -22,8 +22,8 @@ from .storage import read_json, write_json, write_text
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 STRATEGIES = ("none", "quant", "qat", "prune")
 ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
-            "image_size", "bench_size", "num_classes", "description"}
-METRIC_LABEL = {"top1": "Top-1 (%)"}
+            "image_size", "bench_size", "num_classes", "description", "backbone_from"}
+METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
 
@@ -156,6 +156,10 @@ class Zoo:
             from .data.synth_cls import write_synth_cls
 
             write_synth_cls(root, progress=self.progress, **spec)
+        elif name.startswith("synth-det"):
+            from .data.synth_det import write_synth_det
+
+            write_synth_det(root, progress=self.progress, **spec)
         else:
             raise ConfigError(f"no generator for dataset {name!r}")
         return root
@@ -175,7 +179,7 @@ class Zoo:
         r = self.recipe(row_id)
         task = self.task(r)
         ckpt = self.out / "models" / row_id
-        key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult")}
+        key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult", "backbone_from")}
                     | {"data": str(task.data_root)})
         cfg_file = ckpt / "config.json"
         if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
@@ -183,6 +187,12 @@ class Zoo:
         tcfg = TrainConfig.from_dict(r.get("train"))
         torch.manual_seed(tcfg.seed)
         model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0))
+        if r.get("backbone_from"):  # e.g. a detector's backbone from the zoo's trained classifier
+            from .models import load_backbone
+
+            cls_model, _ = self.baseline(r["backbone_from"])
+            n = load_backbone(model, cls_model.state_dict())
+            print(f"[{row_id}] backbone initialised from {r['backbone_from']} ({n} tensors)", flush=True)
         state = ckpt / f"train_state-{key}.pt"
         print(f"[{row_id}] training {r['model']} on {r['dataset']} for {tcfg.epochs} epochs", flush=True)
         model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
@@ -374,7 +384,8 @@ class Zoo:
 def _label(strategy: str, pruning: dict | None) -> str:
     if not pruning:
         return STRATEGY_LABEL.get(strategy, strategy)
-    label = f"prune -{pruning['target_flops_reduction']:.0%}"
+    pct = f"{100 * pruning['target_flops_reduction']:.2f}".rstrip("0").rstrip(".")
+    label = f"prune -{pct}%"
     if pruning.get("method") == "uniform":
         label += " (uniform)"
     return label + {"quant": " + quant", "qat": " + QAT"}.get(strategy, "")
@@ -384,14 +395,17 @@ def _order(row: dict) -> tuple:
     """Table order within a model: FP32, PTQ, QAT, then pruned rows by FLOPs target, each before its INT8 row."""
     p = row.get("pruning")
     rank = STRATEGIES.index(row["strategy"]) if row["strategy"] in STRATEGIES else 9
-    return (1, p["target_flops_reduction"], rank) if p else (0, 0.0, rank)
+    if p:  # the pruned FP32 row, then its INT8 rows
+        return (1, p["target_flops_reduction"], -1 if row["strategy"] == "prune" else rank)
+    return (0, 0.0, rank)
 
 
-def _fmt_metric(row: dict) -> str:
+def _fmt_metric(row: dict, named: bool = False) -> str:
     m = row["metric"]
+    name = f"{METRIC_LABEL.get(m['name'], m['name']).removesuffix(' (%)')} " if named else ""
     if row["strategy"] == "none":
-        return f"{m['value']:.2f}"
-    return f"{m['value']:.2f} ({m['delta'] + 0.0:+.2f})"  # + 0.0: no "-0.00"
+        return f"{name}{m['value']:.2f}"
+    return f"{name}{m['value']:.2f} ({m['delta'] + 0.0:+.2f})"  # + 0.0: no "-0.00"
 
 
 def render_zoo_md(rows: list[dict], meta: dict) -> str:
@@ -405,13 +419,14 @@ def render_zoo_md(rows: list[dict], meta: dict) -> str:
              "threads, at the bench resolution. FLOPs count multiply-accumulates.", ""]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += [f"## {task.capitalize()}", ""]
-        metric = METRIC_LABEL.get(rows[0]["metric"]["name"], rows[0]["metric"]["name"])
+        names = list(dict.fromkeys(r["metric"]["name"] for r in rows if r["task"] == task))
+        metric = METRIC_LABEL.get(names[0], names[0]) if len(names) == 1 else "Metric (%)"
         lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Latency T1 / T2 / T4 (ms) | GFLOPs | "
                   "Params (M) | Eval res | Bench res |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
-            lines.append(f"| {r['model']} | {r.get('label') or STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r)} | "
+            lines.append(f"| {r['model']} | {r.get('label') or STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
                          f"{r['size_mb']:.2f} | {lat} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | "
                          f"{r['eval_size'][0]}x{r['eval_size'][1]} | {r['input_size'][0]}x{r['input_size'][1]} |")
         lines.append("")

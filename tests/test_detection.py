@@ -181,3 +181,16 @@ def test_onnx_int8_and_pruned_detectors_run_through_the_shared_apis(det_data, tm
     fresh.load_state_dict(pruned.state_dict())
     torch.testing.assert_close(fresh(x), pruned(x))
     assert "voc_map" in task.evaluate(TorchPredictor(pruned))
+
+
+def test_classifier_checkpoint_initialises_the_detector_backbone():
+    from slimzoo.errors import ConfigError
+    from slimzoo.models import load_backbone
+
+    cls = create_model("mobilenet_v1", num_classes=10, width_mult=0.25)
+    det = create_model("yolov3_mobilenet_v1", num_classes=6, width_mult=0.25)
+    n = load_backbone(det, cls.state_dict())
+    assert n == len(det.backbone.state_dict())
+    torch.testing.assert_close(det.backbone.features[3].pw[0].weight, cls.features[3].pw[0].weight)
+    with pytest.raises(ConfigError, match="no tensor"):
+        load_backbone(det, create_model("resnet34", num_classes=10).state_dict())

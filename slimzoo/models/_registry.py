@@ -61,3 +61,18 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def load_backbone(model: nn.Module, state_dict: dict) -> int:
+    """Copy a classifier's weights into ``model.backbone`` wherever names and shapes match; returns the count.
+
+    Detectors and segmenters build their backbones from the classification registry with the
+    same module names, so an ImageNet (or zoo) classification checkpoint initialises them.
+    """
+    target = model.backbone.state_dict()
+    matched = {k: v for k, v in state_dict.items() if k in target and target[k].shape == v.shape}
+    if not matched:
+        raise ConfigError(f"no tensor of the given state_dict fits {type(model.backbone).__name__}: "
+                          "is it a checkpoint of the same backbone architecture and width?")
+    model.backbone.load_state_dict(matched, strict=False)
+    return len(matched)
