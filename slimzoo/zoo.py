@@ -179,7 +179,8 @@ class Zoo:
         r = self.recipe(row_id)
         task = self.task(r)
         ckpt = self.out / "models" / row_id
-        key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult", "backbone_from")}
+        key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult")}
+                    | ({"backbone_from": r["backbone_from"]} if r.get("backbone_from") else {})
                     | {"data": str(task.data_root)})
         cfg_file = ckpt / "config.json"
         if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
