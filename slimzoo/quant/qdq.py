@@ -97,9 +97,49 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
     plan = QdqPlan()
 
+    graph_inputs = {i.name for i in g.input} - inits
+
+    def from_quantized_region(t: str, region: set) -> bool:
+        """Whether ``t`` comes (through data movement or ReLU) from the input or a quantized op."""
+        while t not in graph_inputs:
+            p = producer.get(t)
+            if p is None:
+                return False
+            if p.name in region:
+                return True
+            if p.op_type not in PASSTHROUGH and p.op_type not in ("Relu", "Clip"):
+                return False
+            t = p.input[0]
+        return True
+
+    # Which ops run in INT8: every conv/gemm with constant weights, and an add/concat/pool/resize
+    # only inside the quantized region (fed by one of those), so that float post-processing in the
+    # graph (a detector's box decoding: sigmoid, grid add, the final concat of boxes and scores) stays
+    # float. Nodes are in topological order.
+    region: set[str] = set()
+    for n in g.node:
+        if n.name in keep_fp32 or n.output[0] in nonfloat:
+            continue
+        if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in inits:
+            region.add(n.name)
+        elif n.op_type in QUANT_IO and any(from_quantized_region(i, region) for i in n.input
+                                           if i and i not in consts):
+            region.add(n.name)
+
     def is_quantized_op(n) -> bool:
-        return (n.name not in keep_fp32 and (n.op_type in COMPUTE or n.op_type in QUANT_IO)
-                and n.output[0] not in nonfloat)
+        return n.name in region
+
+    def feeds_quantized(t: str, seen: set) -> bool:
+        """Whether ``t`` reaches a quantized op (through data movement only). A tensor that does not,
+        such as a detector's raw head output going into float box decoding, keeps full precision."""
+        for c in consumers[t]:
+            if is_quantized_op(c):
+                return True
+            if c.op_type in PASSTHROUGH and c.name not in keep_fp32 and c.output[0] not in seen:
+                seen.add(c.output[0])
+                if feeds_quantized(c.output[0], seen):
+                    return True
+        return False
 
     # 1. activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y
     effective_out: dict[str, str] = {}  # output of P -> tensor that will carry the quantized value
@@ -110,8 +150,8 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
         p = producer.get(x)
         if p is None or not is_quantized_op(p) or p.op_type not in ("Conv", "Gemm", "MatMul", "Add"):
             continue
-        if len(consumers[x]) != 1 or x in graph_outputs:
-            continue
+        if len(consumers[x]) != 1 or x in graph_outputs or not feeds_quantized(n.output[0], set()):
+            continue  # a folded ReLU needs the uint8 tensor after it to clamp at zero
         if n.op_type == "Clip":
             lo = _const_value(model, n.input[1]) if len(n.input) > 1 and n.input[1] else _attr(n, "min")
             if lo is None or float(np.asarray(lo)) != 0.0:
@@ -148,7 +188,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
                 if i not in consts:
                     add(i)
         out = effective_out.get(n.output[0], n.output[0])
-        if out not in graph_outputs:
+        if out not in graph_outputs and feeds_quantized(out, set()):
             add(out)
     # 3. data-movement ops between quantized tensors reuse their input's qparams
     changed = True
