@@ -66,6 +66,13 @@ def cmd_train(args) -> None:
                       weight_decay=args.weight_decay, amp=args.amp, seed=args.seed, num_workers=args.workers)
     torch.manual_seed(cfg.seed)
     model = create_model(args.model, num_classes=task.num_classes, width_mult=args.width_mult, weights=args.weights)
+    if args.backbone_weights:
+        from .models import load_backbone
+        from .storage import load_state_dict_file
+
+        src = Path(args.backbone_weights)
+        n = load_backbone(model, load_state_dict_file(src / "model.safetensors" if src.is_dir() else src))
+        print(f"backbone initialised from {src} ({n} tensors)")
     out = Path(args.out)
     model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt")
     metrics = task.evaluate(_torch_predictor(model), progress=True)
@@ -306,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     sp.add_argument("--model", required=True)
     sp.add_argument("--weights", help="initial weights (state_dict file)")
+    sp.add_argument("--backbone-weights", help="detector: initialise the backbone from a classifier's state_dict "
+                    "file or `slimzoo train` checkpoint folder (same backbone architecture and width)")
     sp.add_argument("--width-mult", type=float, default=1.0)
     sp.add_argument("--out", required=True, help="checkpoint folder")
     sp.add_argument("--epochs", type=int, default=10)

@@ -374,8 +374,8 @@ class Zoo:
         results = [self._results[i] for i in self.recipes if i in self._results]
         first = {}
         for r in results:
-            first.setdefault((r["task"], r["model"]), len(first))
-        results.sort(key=lambda r: (first[(r["task"], r["model"])], *_order(r)))
+            first.setdefault((r["task"], r["model"], r["dataset"]), len(first))
+        results.sort(key=lambda r: (first[(r["task"], r["model"], r["dataset"])], *_order(r)))
         meta = {"profile": self.profile_name, "machine": machine_info(), "wall_seconds": round(time.time() - t0, 1)}
         write_json(self.out / "results.json", {"meta": meta, "rows": results})
         write_text(self.out / "ZOO.md", render_zoo_md(results, meta))

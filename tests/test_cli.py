@@ -68,3 +68,28 @@ def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
     assert main(["prune", *common, "--model", "mobilenet_v1", "--width-mult", "0.5", "--num-classes", "10",
                  "--flops-reduction", "0.3", "--sensitivity", str(sens), "--out", str(tmp_path / "x")]) == 2
     assert "other weights" in capsys.readouterr().err
+
+
+def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "det"
+    assert main(["data", "synth", "--task", "det", "--format", "voc", "--out", str(data), "--num-train", "16",
+                 "--num-val", "8", "--size", "64"]) == 0
+    assert (data / "Annotations").is_dir() and (data / "labels.txt").is_file()
+    common = ["--data", str(data), "--image-size", "64", "--batch-size", "8", "--workers", "0"]
+    cls = tmp_path / "cls"
+    from slimzoo.checkpoint import save_checkpoint
+    from slimzoo.models import create_model
+
+    save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), cls,
+                    {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25})
+    ck = tmp_path / "ck"
+    assert main(["train", *common, "--model", "yolov3_mobilenet_v1", "--width-mult", "0.25", "--epochs", "1",
+                 "--backbone-weights", str(cls), "--out", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "backbone initialised" in out and '"voc_map"' in out
+    assert main(["quant", *common, "--checkpoint", str(ck), "--num-calibration", "8",
+                 "--out", str(tmp_path / "q.onnx")]) == 0
+    res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert {"bbox_map", "ap50", "voc_map"} <= set(res)

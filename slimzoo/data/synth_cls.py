@@ -105,12 +105,9 @@ def _texture(rng: np.random.Generator, size: int, colour: np.ndarray | None = No
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
 
 
-def render(seed: int, index: int, size: int = 72) -> tuple[np.ndarray, int]:
-    """Render image ``index`` of a dataset: returns (HxWx3 uint8, class id)."""
-    rng = np.random.default_rng([seed, index])
-    label = int(rng.integers(len(SHAPES)))
-    S = size * _SS
-    # background: a gradient between two colours, a low-contrast texture and clutter
+def background(rng: np.random.Generator, S: int, clutter_count=(3, 8), dot_radius=(0.02, 0.06)) -> np.ndarray:
+    """An SxSx3 float background: a gradient between two colours, a low-contrast texture and clutter
+    (strokes and dots, never a class shape)."""
     c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     g = np.linspace(0, 1, S, dtype=np.float32)
     g = g[:, None] if rng.random() < 0.5 else g[None, :]
@@ -118,16 +115,24 @@ def render(seed: int, index: int, size: int = 72) -> tuple[np.ndarray, int]:
     img = 0.8 * img + 0.2 * _texture(rng, S)
     clutter = Image.new("L", (S, S), 0)
     d = ImageDraw.Draw(clutter)
-    for _ in range(rng.integers(3, 8)):  # distractors: strokes and dots, never a class shape
+    for _ in range(rng.integers(*clutter_count)):
         x, y = rng.uniform(0, S, 2)
         if rng.random() < 0.5:
             d.line([x, y, x + rng.uniform(-0.3, 0.3) * S, y + rng.uniform(-0.3, 0.3) * S], fill=255,
                    width=int(rng.integers(1, 4) * _SS))
         else:
-            rr = rng.uniform(0.02, 0.06) * S
+            rr = rng.uniform(*dot_radius) * S
             d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=255)
     a = np.asarray(clutter, np.float32)[..., None] / 255 * rng.uniform(0.4, 0.9)
-    img = img * (1 - a) + rng.uniform(0, 255, 3) * a
+    return img * (1 - a) + rng.uniform(0, 255, 3) * a
+
+
+def render(seed: int, index: int, size: int = 72) -> tuple[np.ndarray, int]:
+    """Render image ``index`` of a dataset: returns (HxWx3 uint8, class id)."""
+    rng = np.random.default_rng([seed, index])
+    label = int(rng.integers(len(SHAPES)))
+    S = size * _SS
+    img = background(rng, S)
     # the object
     r = rng.uniform(0.24, 0.42) * S
     cx, cy = rng.uniform(0.8 * r, S - 0.8 * r), rng.uniform(0.8 * r, S - 0.8 * r)

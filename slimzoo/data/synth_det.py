@@ -13,10 +13,10 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..storage import write_text
-from .synth_cls import _SS, _class_colour, _texture, shape_mask
+from .synth_cls import _SS, _class_colour, _texture, background, shape_mask
 
 DET_CLASSES = ("circle", "triangle", "square", "star", "cross", "ring")
 FORMATS = ("coco", "voc")
@@ -35,23 +35,7 @@ def render_det(seed: int, index: int, size: int = 128, max_objects: int = 5
     """Image ``index``: (HxWx3 uint8, boxes ``x1, y1, x2, y2`` in pixels, class ids)."""
     rng = np.random.default_rng([seed, index, 7])
     S = size * _SS
-    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    g = np.linspace(0, 1, S, dtype=np.float32)
-    g = g[:, None] if rng.random() < 0.5 else g[None, :]
-    img = c1 + (c2 - c1) * g[..., None] * np.ones((S, S, 1), np.float32)
-    img = 0.8 * img + 0.2 * _texture(rng, S)
-    clutter = Image.new("L", (S, S), 0)
-    d = ImageDraw.Draw(clutter)
-    for _ in range(rng.integers(3, 9)):
-        x, y = rng.uniform(0, S, 2)
-        if rng.random() < 0.5:
-            d.line([x, y, x + rng.uniform(-0.3, 0.3) * S, y + rng.uniform(-0.3, 0.3) * S], fill=255,
-                   width=int(rng.integers(1, 4) * _SS))
-        else:
-            rr = rng.uniform(0.01, 0.03) * S
-            d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=255)
-    a = np.asarray(clutter, np.float32)[..., None] / 255 * rng.uniform(0.4, 0.9)
-    img = img * (1 - a) + rng.uniform(0, 255, 3) * a
+    img = background(rng, S, clutter_count=(3, 9), dot_radius=(0.01, 0.03))
 
     placed: list[tuple[np.ndarray, int]] = []  # (mask, label), later ones drawn on top
     boxes_est: list[tuple[float, float, float, float]] = []

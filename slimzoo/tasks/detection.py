@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
 
 from ..data import detection as det_data
 from ..models.yolov3 import ANCHOR_MASKS, ANCHORS_608
+from ._base import DatasetTask
 
 
 def postprocess(decoded: torch.Tensor, *, score_thresh: float = 0.005, iou_thresh: float = 0.45,
@@ -180,7 +180,7 @@ def voc_map(gt: list[dict], dets: list[dict], num_classes: int, iou_thresh: floa
 
 
 @dataclass
-class DetectionTask:
+class DetectionTask(DatasetTask):
     """A COCO- or VOC-format detection dataset at one square input size; ``evaluate`` takes any predictor."""
 
     data_root: str | Path
@@ -191,6 +191,7 @@ class DetectionTask:
     score_thresh: float = 0.005
     nms_iou: float = 0.45
     name: str = field(default="detection", init=False)
+    collate_fn = staticmethod(det_data.collate)
 
     def __post_init__(self):
         self.data_root = Path(self.data_root)
@@ -202,47 +203,14 @@ class DetectionTask:
         samples, classes, _ = det_data.load_detection(self.data_root, split, self.format)
         return det_data.DetectionDataset(samples, classes, transform)
 
+    def train_dataset(self, augment: bool = True):
+        tf = det_data.train_transform(self.image_size) if augment else det_data.eval_transform(self.image_size)
+        return self._split("train", tf)
+
     def val_dataset(self):
         if self._val is None:
             self._val = self._split("val", det_data.eval_transform(self.image_size))
         return self._val
-
-    @property
-    def classes(self) -> list[str]:
-        return self.val_dataset().classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def example_inputs(self, batch: int = 1) -> torch.Tensor:
-        return torch.randn(batch, 3, self.image_size, self.image_size)
-
-    def _loader(self, ds, shuffle: bool, batch_size: int | None = None, drop_last: bool = False):
-        return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, collate_fn=det_data.collate)
-
-    def train_loader(self, batch_size: int | None = None) -> DataLoader:
-        ds = self._split("train", det_data.train_transform(self.image_size))
-        if ds.classes != self.classes:
-            from ..errors import DataError
-
-            raise DataError(f"{self.data_root}: train and val splits have different classes")
-        return self._loader(ds, True, batch_size, drop_last=True)
-
-    def val_loader(self, limit: int | None = None) -> DataLoader:
-        ds = self.val_dataset()
-        if limit is not None and limit < len(ds):
-            ds = Subset(ds, range(limit))
-        return self._loader(ds, False)
-
-    def calibration_batches(self, num_images: int, batch_size: int = 16) -> Iterator[torch.Tensor]:
-        """``num_images`` training images (evaluation transform, fixed spread-out subset) for calibration."""
-        ds = self._split("train", det_data.eval_transform(self.image_size))
-        step = max(1, len(ds) // max(1, num_images))
-        idx = list(range(0, len(ds), step))[:num_images]
-        for images, _ in self._loader(Subset(ds, idx), False, batch_size):
-            yield images
 
     def loss_fn(self, outputs: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
         return yolo_loss(outputs, targets, self.num_classes)
