@@ -13,7 +13,7 @@ state_dict.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -220,13 +220,3 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
         if keep < n:
             _prune_layer(m, dg, name, list(range(keep, n)))
     return count_flops_params(m, example_inputs)[0]
-
-
-def pruned_copy(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float], **kw
-                ) -> tuple[nn.Module, PruningRecord]:
-    """A pruned deep copy of ``model`` and its record; ``model`` is untouched."""
-    m = copy.deepcopy(model)
-    return m, apply_ratios(m, example_inputs, ratios, **kw)
-
-
-EvaluateFn = Callable[[nn.Module], float]
