@@ -196,14 +196,12 @@ def cmd_sensitivity(args) -> None:
 
 
 def cmd_prune(args) -> None:
-    import torch
-
-    from .checkpoint import save_checkpoint
-    from .prune import PruneConfig, plot_sensitivity, prune
+    from .prune import PruneConfig
+    from .prune.finetune import prune_and_finetune
     from .prune.sensitivity import model_fingerprint
     from .runtime import TorchPredictor
-    from .storage import read_json
-    from .training import TrainConfig, fit
+    from .storage import read_json, write_json
+    from .training import TrainConfig
 
     task = _task(args)
     model = _model(args, task.num_classes)
@@ -217,30 +215,19 @@ def cmd_prune(args) -> None:
             raise ConfigError(f"{sens_path}: measured on other weights or unfinished; rerun `slimzoo sensitivity` "
                               "on this model (it resumes an unfinished file)")
         file_cfg = sens["config"]
-    cfg = PruneConfig(flops_reduction=args.flops_reduction, method="uniform" if args.uniform else "sensitivity",
-                      importance=args.importance, round_to=args.round_to,
-                      sensitivity=_sensitivity_config(args, file_cfg))
-    cfg = PruneConfig.from_dict(cfg.to_dict())
-    pruned, rec, info = prune(model, task.example_inputs(), cfg, sensitivity_path=sens_path,
-                              evaluate=_evaluate_torch(task, cfg.sensitivity.eval_images), metric_name=task.metric)
-    if cfg.method == "sensitivity":
-        plot_sensitivity(read_json(sens_path), sens_path.with_suffix(".png"))
-    info["metric_before_finetune"] = task.evaluate(TorchPredictor(pruned))[task.metric]
-    print(f"FLOPs -{info['flops_reduction']:.1%}, params -{info['params_reduction']:.1%}; {task.metric} before "
-          f"fine-tuning {info['metric_before_finetune']:.2f}")
+    pcfg = PruneConfig.from_dict({"flops_reduction": args.flops_reduction, "importance": args.importance,
+                                  "method": "uniform" if args.uniform else "sensitivity", "round_to": args.round_to,
+                                  "sensitivity": _sensitivity_config(args, file_cfg)})
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp, seed=args.seed,
                        num_workers=args.workers, warmup_epochs=0.1)
-    if tcfg.epochs:
-        torch.manual_seed(tcfg.seed)
-        pruned = fit(pruned, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg,
-                     state_path=out / "finetune_state.pt")
-    metrics = task.evaluate(TorchPredictor(pruned), progress=True)
     base = read_json(Path(args.checkpoint) / "config.json") if args.checkpoint else {}
-    save_checkpoint(pruned, out, {"model": base.get("model", args.model), "num_classes": task.num_classes,
-                                  "width_mult": base.get("width_mult", args.width_mult),
-                                  "image_size": args.image_size, "classes": task.classes, "finetune": tcfg.to_dict(),
-                                  "prune_info": info, "pruning": rec.to_dict(), "val_metrics": metrics})
-    (out / "finetune_state.pt").unlink(missing_ok=True)
+    pruned, info = prune_and_finetune(
+        model, task, pcfg, tcfg, out, sensitivity_path=sens_path,
+        config={"model": base.get("model", args.model), "num_classes": task.num_classes,
+                "width_mult": base.get("width_mult", args.width_mult), "image_size": args.image_size,
+                "classes": task.classes})
+    metrics = task.evaluate(TorchPredictor(pruned), progress=True)
+    write_json(out / "config.json", {**read_json(out / "config.json"), "val_metrics": metrics})
     print(json.dumps({"checkpoint": str(out), **info, **metrics}, indent=2))
 
 

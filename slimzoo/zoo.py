@@ -221,10 +221,10 @@ class Zoo:
 
     def pruned(self, row_id: str):
         """The pruned and fine-tuned model of a ``prune`` row (computed now if needed; resumable) and its task."""
-        from .checkpoint import load_checkpoint, save_checkpoint
-        from .prune import PruneConfig, plot_sensitivity, prune
-        from .runtime import TorchPredictor
-        from .training import TrainConfig, fit
+        from .checkpoint import load_checkpoint
+        from .prune import PruneConfig
+        from .prune.finetune import prune_and_finetune
+        from .training import TrainConfig
 
         r = self.recipe(row_id)
         base_model, task = self.model_of(r["base"])
@@ -237,28 +237,14 @@ class Zoo:
         cfg_file = ckpt / "config.json"
         if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
             return load_checkpoint(ckpt)[0], task
-        limit = pcfg.sensitivity.eval_images
         sens_path = (self.out / "models" / r["base"] /
                      f"sensitivity-{_hash(pcfg.sensitivity.to_dict() | {'size': r['image_size']})}.json")
         print(f"[{row_id}] pruning {r['model']}: -{pcfg.flops_reduction:.0%} FLOPs, {pcfg.method} ratios", flush=True)
-        model, rec, info = prune(base_model, task.example_inputs(), pcfg, sensitivity_path=sens_path,
-                                 evaluate=lambda m: task.evaluate(TorchPredictor(m), limit=limit)[task.metric],
-                                 metric_name=task.metric, progress=self.progress)
-        if pcfg.method == "sensitivity":
-            plot_sensitivity(read_json(sens_path), sens_path.with_suffix(".png"))
-            info["sensitivity_file"] = str(sens_path)
-        info["metric_before_finetune"] = round(task.evaluate(TorchPredictor(model))[task.metric], 3)
-        print(f"[{row_id}] FLOPs -{info['flops_reduction']:.1%}, {task.metric} before fine-tuning "
-              f"{info['metric_before_finetune']:.2f}; fine-tuning {tcfg.epochs} epoch(s)", flush=True)
-        state = ckpt / f"finetune_state-{key}.pt"
-        torch.manual_seed(tcfg.seed)
-        model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
-                    progress=self.progress)
-        save_checkpoint(model, ckpt, {"model": r["model"], "num_classes": task.num_classes,
-                                      "width_mult": r.get("width_mult", 1.0), "image_size": r["image_size"],
-                                      "classes": task.classes, "finetune": tcfg.to_dict(), "key": key,
-                                      "prune_info": info, "pruning": rec.to_dict()})
-        state.unlink(missing_ok=True)
+        model, _ = prune_and_finetune(
+            base_model, task, pcfg, tcfg, ckpt, sensitivity_path=sens_path, state_name=f"finetune_state-{key}.pt",
+            progress=self.progress, log_prefix=f"[{row_id}] ",
+            config={"model": r["model"], "num_classes": task.num_classes, "width_mult": r.get("width_mult", 1.0),
+                    "image_size": r["image_size"], "classes": task.classes, "key": key})
         return model.eval(), task
 
     # -- rows -------------------------------------------------------------------------------------
