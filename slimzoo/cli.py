@@ -10,14 +10,42 @@ from .errors import ConfigError, SlimzooError
 
 
 def _task(args, data: str | None = None):
-    """The task of the dataset folder: detection for COCO/VOC layouts, else classification."""
+    """The task of the dataset folder: detection for COCO/VOC layouts, segmentation for PaddleSeg lists
+    (``images/x labels/x`` lines) or the Cityscapes layout, else classification."""
     from .tasks import get_task
 
     root = Path(data or args.data)
-    name = "detection" if (root / "annotations").is_dir() or (root / "Annotations").is_dir() else "classification"
+    name = task_of_folder(root)
     kw = {"skip_bad_samples": getattr(args, "skip_bad_samples", False)} if name == "classification" else {}
+    if name == "segmentation" and getattr(args, "eval_size", None):
+        kw["eval_size"] = _hw(args.eval_size)
     return get_task(name, data_root=root, image_size=args.image_size, batch_size=args.batch_size,
                     num_workers=args.workers, **kw)
+
+
+def task_of_folder(root: Path) -> str:
+    """``detection``, ``segmentation`` or ``classification``, from a dataset folder's layout."""
+    if (root / "annotations").is_dir() or (root / "Annotations").is_dir():
+        return "detection"
+    if (root / "leftImg8bit").is_dir():
+        return "segmentation"
+    for name in ("train_list.txt", "val_list.txt"):
+        f = root / name
+        if f.is_file():
+            with f.open(encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) == 2 and not parts[0].startswith("#"):
+                        return "segmentation" if not parts[1].lstrip("-").isdigit() else "classification"
+    return "classification"
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise ConfigError(f"expected a size HxW such as 512x1024, got {text!r}") from None
 
 
 def _model(args, num_classes: int | None = None):
@@ -40,13 +68,31 @@ def cmd_list_models(args) -> None:
         print(f"{n}\t{model_task(n)}")
 
 
+def _synth_format(args, allowed: tuple[str, ...]) -> str:
+    if args.format is None:
+        return allowed[0]
+    if args.format not in allowed:
+        raise ConfigError(f"--format {args.format} is not a {args.task} format; choose one of {', '.join(allowed)}")
+    return args.format
+
+
 def cmd_data_synth(args) -> None:
     if args.task == "det":
         from .data.synth_det import write_synth_det
 
-        out = write_synth_det(args.out, fmt=args.format, num_train=args.num_train, num_val=args.num_val,
+        fmt = _synth_format(args, ("coco", "voc"))
+        out = write_synth_det(args.out, fmt=fmt, num_train=args.num_train, num_val=args.num_val,
                               size=args.size, seed=args.seed)
-        print(f"wrote synthetic detection dataset ({args.format}) to {out}")
+        print(f"wrote synthetic detection dataset ({fmt}) to {out}")
+        return
+    if args.task == "seg":
+        from .data.synth_seg import write_synth_seg
+
+        fmt = _synth_format(args, ("paddleseg", "cityscapes"))
+        h, w = _hw(args.seg_size)
+        out = write_synth_seg(args.out, fmt=fmt, num_train=args.num_train, num_val=args.num_val, width=w, height=h,
+                              seed=args.seed)
+        print(f"wrote synthetic segmentation dataset ({fmt}) to {out}")
         return
     from .data.synth_cls import write_synth_cls
 
@@ -267,12 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(sp, need_data=True):
-        sp.add_argument("--data", required=need_data, help="dataset folder (list format or folder-per-class)")
+        sp.add_argument("--data", required=need_data, help="dataset folder: classification (list format or folder per class), "
+                        "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
         sp.add_argument("--image-size", type=int, default=224, help="train/eval resolution (default 224)")
         sp.add_argument("--batch-size", type=int, default=64)
         sp.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
         sp.add_argument("--skip-bad-samples", action="store_true",
                         help="skip unreadable images (counted) instead of stopping")
+        sp.add_argument("--eval-size", help="segmentation: resize evaluation images to HxW (default: their own "
+                        "size); predictions are upsampled to the label's size")
 
     def model_args(sp):
         sp.add_argument("--checkpoint", help="a checkpoint folder written by `slimzoo train`")
@@ -287,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     sp = data.add_parser("synth", help="write a deterministic synthetic dataset in a real format")
-    sp.add_argument("--task", choices=["cls", "det"], default="cls")
-    sp.add_argument("--format", choices=["coco", "voc"], default="coco", help="detection: COCO JSON or VOC XML")
+    sp.add_argument("--task", choices=["cls", "det", "seg"], default="cls")
+    sp.add_argument("--format", choices=["coco", "voc", "paddleseg", "cityscapes"], default=None,
+                    help="detection: coco (default) or voc; segmentation: paddleseg (default) or cityscapes")
+    sp.add_argument("--seg-size", default="128x256", help="segmentation: image size HxW (default 128x256)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--num-train", type=int, default=8000)
     sp.add_argument("--num-val", type=int, default=1000)

@@ -23,7 +23,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 STRATEGIES = ("none", "quant", "qat", "prune")
 ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
             "image_size", "bench_size", "num_classes", "description", "backbone_from"}
-METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)"}
+METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)", "miou": "mIoU (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
 
@@ -160,6 +160,10 @@ class Zoo:
             from .data.synth_det import write_synth_det
 
             write_synth_det(root, progress=self.progress, **spec)
+        elif name.startswith("synth-seg"):
+            from .data.synth_seg import write_synth_seg
+
+            write_synth_seg(root, progress=self.progress, **spec)
         else:
             raise ConfigError(f"no generator for dataset {name!r}")
         return root
@@ -340,7 +344,7 @@ class Zoo:
                 "latency_ms": {k: v["median"] for k, v in lat.items()},
                 "latency_p90_ms": {k: v["p90"] for k, v in lat.items()},
                 "flops": flops, "params": params, "input_size": [bench_size, bench_size],
-                "eval_size": [r["image_size"], r["image_size"]], "width_mult": r.get("width_mult", 1.0),
+                "eval_size": list(example.shape[-2:]), "width_mult": r.get("width_mult", 1.0),
                 "file": str(path), "profile": self.profile_name, "label": _label(r["strategy"], pruning),
                 "pruning": pruning}
 

@@ -5,7 +5,7 @@ from ..errors import ConfigError
 
 
 def get_task(name: str, **kwargs):
-    """Build a task by name: ``classification`` or ``detection``."""
+    """Build a task by name: ``classification``, ``detection`` or ``segmentation``."""
     if name == "classification":
         from .classification import ClassificationTask
 
@@ -14,4 +14,8 @@ def get_task(name: str, **kwargs):
         from .detection import DetectionTask
 
         return DetectionTask(**kwargs)
-    raise ConfigError(f"unknown task {name!r}; known: classification, detection")
+    if name == "segmentation":
+        from .segmentation import SegmentationTask
+
+        return SegmentationTask(**kwargs)
+    raise ConfigError(f"unknown task {name!r}; known: classification, detection, segmentation")
