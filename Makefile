@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test bench bench-quant bench-prune clean
+.PHONY: env zoo zoo-smoke test browser bench bench-quant bench-prune clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,22 @@ env: $(VENV)/.installed
 zoo: env
 	$(VENV)/bin/slimzoo zoo --out $(OUT) --profile $(PROFILE)
 
+report: env
+	$(VENV)/bin/slimzoo report --zoo $(OUT)
+
 zoo-smoke: env
 	$(VENV)/bin/slimzoo zoo --out runs/zoo-smoke --profile smoke
 
-test: env
+test: env browser
 	$(PY) -m pytest tests
+
+# headless Chromium for the report test (Debian packages); installed when missing, if apt-get can
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null || \
+	    echo "warning: could not install chromium/chromium-driver; the report's browser test will be skipped"; }
 
 clean:
 	rm -rf runs build *.egg-info

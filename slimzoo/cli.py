@@ -305,6 +305,12 @@ def cmd_zoo(args) -> None:
     print((Path(args.out) / "ZOO.md").read_text())
 
 
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.zoo, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .zoo import RECIPES_DIR
 
@@ -453,7 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="also write the result to this JSON file")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("zoo", help="run zoo rows into OUT/results.json and OUT/ZOO.md (resumable)")
+    sp = sub.add_parser("report", help="render a zoo's results.json into a self-contained report.html")
+    sp.add_argument("--zoo", default="runs/zoo", help="zoo folder (with results.json)")
+    sp.add_argument("--out", help="output file (default ZOO/report.html)")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("zoo", help="run zoo rows into OUT/results.json, OUT/ZOO.md and OUT/report.html "
+                        "(resumable)")
     sp.add_argument("--out", default="runs/zoo")
     sp.add_argument("--rows", nargs="*", help="row ids (default: all)")
     sp.add_argument("--profile", default="default", help="default | smoke | full")

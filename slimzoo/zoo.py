@@ -22,7 +22,7 @@ from .storage import read_json, write_json, write_text
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 STRATEGIES = ("none", "quant", "qat", "prune")
 ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
-            "image_size", "bench_size", "num_classes", "description", "backbone_from"}
+            "image_size", "bench_size", "num_classes", "description", "backbone_from", "analyze_layers"}
 METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)", "miou": "mIoU (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
@@ -50,7 +50,7 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
     """All row recipes (``*.yaml`` except ``profiles.yaml``), checked for unknown keys and wrong types."""
     recipes = {}
     for p in sorted(Path(recipes_dir).glob("*.yaml")):
-        if p.name == "profiles.yaml":
+        if p.name in ("profiles.yaml", "reference.yaml"):
             continue
         r = _safe_yaml(p)
         unknown = set(r) - ROW_KEYS - {"profiles"}
@@ -258,8 +258,7 @@ class Zoo:
             return self._results[row_id]
         r = self.recipe(row_id)
         base_res = self.run_row(r["base"], force=False) if r.get("base") else None
-        key = _hash({"recipe": r, "resolved": self._resolved_configs(r),
-                     "base": base_res["recipe_hash"] if base_res else None, "data": self.data_roots.get(r["dataset"])})
+        key = self._row_key(r, base_res["recipe_hash"] if base_res else None)
         row_file = self.out / "rows" / f"{row_id}.json"
         if not force and row_file.is_file():
             old = read_json(row_file)
@@ -275,6 +274,24 @@ class Zoo:
         print(f"[{row_id}] {res['metric']['name']} {res['metric']['value']:.2f} size {res['size_mb']:.2f} MB "
               f"latency T1 {res['latency_ms'].get('1')} ms ({res['seconds']} s)", flush=True)
         return res
+
+    def _row_key(self, r: dict, base_hash: str | None) -> str:
+        return _hash({"recipe": r, "resolved": self._resolved_configs(r), "base": base_hash,
+                      "data": self.data_roots.get(r["dataset"])})
+
+    def finished_row(self, row_id: str) -> dict | None:
+        """The stored result of ``row_id`` if it is up to date with its recipe and its bases, else None."""
+        if row_id in self._results:
+            return self._results[row_id]
+        r = self.recipe(row_id)
+        base = self.finished_row(r["base"]) if r.get("base") else None
+        if r.get("base") and base is None:
+            return None
+        row_file = self.out / "rows" / f"{row_id}.json"
+        if not row_file.is_file():
+            return None
+        old = read_json(row_file)
+        return old if old.get("recipe_hash") == self._row_key(r, base["recipe_hash"] if base else None) else None
 
     @staticmethod
     def _resolved_configs(r: dict) -> dict:
@@ -327,6 +344,8 @@ class Zoo:
             path = quantize(model, example, task.calibration_batches(qcfg.num_calibration,
                                                                       qcfg.calibration_batch_size),
                             row_dir / "model_int8.onnx", qcfg)
+            if r.get("analyze_layers"):
+                self._layer_sqnr(r, model, example, task, qcfg, row_dir / "quant_layers.json")
         print(f"[{r['id']}] evaluating {path.name} in ONNX Runtime", flush=True)
         metrics = task.evaluate(OnnxPredictor(path, threads=2), progress=self.progress)
         value = metrics[task.metric]
@@ -348,6 +367,21 @@ class Zoo:
                 "file": str(path), "profile": self.profile_name, "label": _label(r["strategy"], pruning),
                 "pruning": pruning}
 
+    def _layer_sqnr(self, r: dict, model, example, task, qcfg, path: Path) -> None:
+        """Per-layer INT8 error (output SQNR with only that layer quantized) on a few calibration images,
+        for the report; the metric change per layer is `slimzoo quant --analyze`'s (costlier) job."""
+        import tempfile
+
+        from .export import export_onnx, fold_batchnorm
+        from .quant.analysis import analyze_layers
+
+        n = int(r["analyze_layers"]) if not isinstance(r["analyze_layers"], bool) else 32
+        print(f"[{r['id']}] per-layer INT8 error on {n} images", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example)
+            res = analyze_layers(fp32, list(task.calibration_batches(n, 16)), None, cfg=qcfg, progress=self.progress)
+        write_json(path, {"row": r["id"], "model": r["model"], "images": n, **res})
+
     def _pruning_of(self, row_id: str) -> dict | None:
         """The pruning summary of a prune row, or of the prune row a quantized row starts from."""
         for rid in (row_id, self.recipes[row_id].get("base")):
@@ -357,18 +391,23 @@ class Zoo:
         return None
 
     def run(self, rows: list[str] | None = None, force: bool = False) -> list[dict]:
-        """Run ``rows`` (default: all), then write ``results.json`` and ``ZOO.md`` from every finished row."""
+        """Run ``rows`` (default: all), then write ``results.json``, ``ZOO.md`` and ``report.html`` from every
+        finished row."""
         t0 = time.time()
         for row_id in rows or list(self.recipes):
             self.run_row(row_id, force=force and (not rows or row_id in rows))
-        results = [self._results[i] for i in self.recipes if i in self._results]
+        results = [res for i in self.recipes if (res := self.finished_row(i)) is not None]  # rows of earlier runs too
         first = {}
         for r in results:
             first.setdefault((r["task"], r["model"], r["dataset"]), len(first))
         results.sort(key=lambda r: (first[(r["task"], r["model"], r["dataset"])], *_order(r)))
         meta = {"profile": self.profile_name, "machine": machine_info(), "wall_seconds": round(time.time() - t0, 1)}
         write_json(self.out / "results.json", {"meta": meta, "rows": results})
-        write_text(self.out / "ZOO.md", render_zoo_md(results, meta))
+        reference = load_reference(self.recipes_dir)
+        write_text(self.out / "ZOO.md", render_zoo_md(results, meta, reference))
+        from .report import render_report
+
+        render_report({"meta": meta, "rows": results}, self.out / "report.html", self.out, reference)
         return results
 
 
@@ -399,27 +438,74 @@ def _fmt_metric(row: dict, named: bool = False) -> str:
     return f"{name}{m['value']:.2f} ({m['delta'] + 0.0:+.2f})"  # + 0.0: no "-0.00"
 
 
-def render_zoo_md(rows: list[dict], meta: dict) -> str:
-    """The zoo table in the reference's shape, one section per task."""
+def load_reference(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
+    """The reference's own figures by row id (``reference.yaml``), or {} if there is none."""
+    p = Path(recipes_dir) / "reference.yaml"
+    return _safe_yaml(p) if p.is_file() else {}
+
+
+def _root_of(row: dict, by_id: dict[str, dict]) -> dict:
+    while row.get("base") and row["base"] in by_id:
+        row = by_id[row["base"]]
+    return row
+
+
+def compare(row: dict, by_id: dict[str, dict]) -> dict:
+    """Our size ratio and one-thread speed-up against the row's FP32 root row (1.0 for the root itself)."""
+    root = _root_of(row, by_id)
+    t1, root_t1 = row["latency_ms"].get("1"), root["latency_ms"].get("1")
+    return {"size_ratio": row["size_mb"] / root["size_mb"],
+            "speedup": root_t1 / t1 if t1 and root_t1 else None}
+
+
+def _fmt_ref(ref: dict | None) -> tuple[str, str, str]:
+    """(metric (delta), size (ratio), T1 speed-up) of a reference row, '-' where it reports nothing."""
+    if not ref:
+        return "-", "-", "-"
+    metric = f"{ref['metric']:.2f}" + (f" ({ref['delta']:+.2f})" if "delta" in ref else "")
+    size = f"{ref['size_mb']:g} MB" + (f" ({ref['size_mb'] / ref['base_size_mb']:.2f}x)" if "base_size_mb" in ref else "")
+    speed = "-"
+    if ref.get("latency_ms") and ref.get("base_latency_ms"):
+        speed = f"{ref['base_latency_ms'] / ref['latency_ms']:.2f}x"
+    elif ref.get("latency_ms"):
+        speed = "1.00x"
+    return metric, size, speed
+
+
+def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | None = None) -> str:
+    """The zoo table in the reference's shape, one section per task, with the reference's figures beside ours."""
+    reference = load_reference() if reference is None else reference
+    by_id = {r["id"]: r for r in rows}
     mi = meta.get("machine", {})
     lines = ["# slimzoo model zoo", "",
              f"Profile `{meta.get('profile')}`, measured {mi.get('date', '')} on {mi.get('cpu', '?')} "
              f"({mi.get('cores', '?')} cores); ONNX Runtime {mi.get('onnxruntime', '?')} CPU, batch 1. "
              "Metrics come from running each deployable file (FP32 or INT8 ONNX) in ONNX Runtime over the whole "
              "validation set. Latency: median of timed `session.run` calls after warm-up, at 1/2/4 intra-op "
-             "threads, at the bench resolution. FLOPs count multiply-accumulates.", ""]
+             "threads, at the bench resolution. FLOPs count multiply-accumulates. Size ratio and T1 speed-up "
+             "are against the row's FP32 model.", "",
+             "The `Ref.` columns are the reference's own figures (PaddleX compressed model zoo: ImageNet, COCO, "
+             "Pascal VOC, Cityscapes; Paddle Lite on ARM phones, one thread, device per row in "
+             "`recipes/reference.yaml`), copied, not measured: our data are synthetic, so compare the shape of "
+             "the results (the change, the size ratio, the speed-up), not the absolute metric.", ""]
     for task in dict.fromkeys(r["task"] for r in rows):
         lines += [f"## {task.capitalize()}", ""]
         names = list(dict.fromkeys(r["metric"]["name"] for r in rows if r["task"] == task))
         metric = METRIC_LABEL.get(names[0], names[0]) if len(names) == 1 else "Metric (%)"
-        lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Latency T1 / T2 / T4 (ms) | GFLOPs | "
-                  "Params (M) | Eval res | Bench res |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Size ratio | Latency T1 / T2 / T4 (ms) | "
+                  "T1 speed-up | GFLOPs | Params (M) | Eval res | Bench res | Ref. metric | Ref. size | "
+                  "Ref. T1 speed-up |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
-            lines.append(f"| {r['model']} | {r.get('label') or STRATEGY_LABEL.get(r['strategy'], r['strategy'])} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
-                         f"{r['size_mb']:.2f} | {lat} | {r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | "
-                         f"{r['eval_size'][0]}x{r['eval_size'][1]} | {r['input_size'][0]}x{r['input_size'][1]} |")
+            c = compare(r, by_id)
+            speed = f"{c['speedup']:.2f}x" if c["speedup"] else "-"
+            ref_metric, ref_size, ref_speed = _fmt_ref(reference.get(r["id"]))
+            label = r.get("label") or STRATEGY_LABEL.get(r["strategy"], r["strategy"])
+            lines.append(f"| {r['model']} | {label} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
+                         f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {r['flops'] / 1e9:.3f} | "
+                         f"{r['params'] / 1e6:.2f} | {r['eval_size'][0]}x{r['eval_size'][1]} | "
+                         f"{r['input_size'][0]}x{r['input_size'][1]} | {ref_metric} | {ref_size} | {ref_speed} |")
         lines.append("")
     lines.append(f"Wall time of this run: {meta.get('wall_seconds', 0):.0f} s (rows reused from earlier runs "
                  "count their own time in results.json).")

@@ -224,17 +224,11 @@ def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reductio
     return best
 
 
-def plot_sensitivity(sens: dict, path: str | Path) -> Path:
-    """A PNG of relative metric loss vs pruning ratio, one line per prunable group (measured points marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_sensitivity(sens: dict, ax, legend: bool = True) -> None:
+    """Relative metric loss vs pruning ratio on ``ax``, one line per prunable group (measured points marked)."""
     import matplotlib.pyplot as plt
 
-    from ..storage import atomic_write
-
     layers = sens["layers"]
-    fig, ax = plt.subplots(figsize=(10, 6))
     cmap = plt.get_cmap("viridis")
     for i, (name, e) in enumerate(layers.items()):
         pts = [(0.0, 0.0)] + sorted((p["ratio"], 100 * p["loss"]) for p in e["points"])
@@ -244,9 +238,23 @@ def plot_sensitivity(sens: dict, path: str | Path) -> Path:
     ax.set_xlabel("pruning ratio of the group's channels")
     ax.set_ylabel(f"relative {sens['metric']} loss (%)")
     ax.set_title(f"Pruning sensitivity of {sens['model']}: base {sens['metric']} {sens['base_metric']:.2f}, "
-                 f"{sens['evaluations']} evaluations (reference: {sens['reference_evaluations']})")
-    ax.legend(fontsize=6, ncol=2 if len(layers) > 20 else 1, loc="upper left", bbox_to_anchor=(1.01, 1))
+                 f"{sens['evaluations']} evaluations (reference: {sens['reference_evaluations']})", fontsize=9)
+    if legend:
+        ax.legend(fontsize=6, ncol=2 if len(layers) > 20 else 1, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
+
+
+def plot_sensitivity(sens: dict, path: str | Path) -> Path:
+    """A PNG of :func:`draw_sensitivity`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..storage import atomic_write
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    draw_sensitivity(sens, ax)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

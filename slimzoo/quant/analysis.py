@@ -57,9 +57,12 @@ def _outputs(path, batches) -> list[np.ndarray]:
     return [s.run(None, {name: b})[0] for b in batches]
 
 
-def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float], *,
+def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float] | None, *,
                    cfg: PTQConfig | None = None, progress: bool = True) -> dict:
-    """SQNR (dB) and metric change of quantizing each layer alone; also the all-INT8 metric."""
+    """SQNR (dB) and metric change of quantizing each layer alone; also the all-INT8 metric.
+
+    With ``evaluate=None`` only the SQNR is measured (a few forward passes per layer, no evaluation).
+    """
     import onnx
     from tqdm import tqdm
 
@@ -78,17 +81,17 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
         full = correct_biases(model, full_plan, full, _first_images(batches, cfg.bias_correction_images))
     ops = {n.name: n.op_type for n in model.graph.node}
     ref = _outputs(fp32_path, batches)
-    fp32_metric = evaluate(Path(fp32_path))
+    fp32_metric = evaluate(Path(fp32_path)) if evaluate else None
     layers = []
     with tempfile.TemporaryDirectory() as d:
         all_path = write_qdq(model, full_plan, full, Path(d) / "all.onnx")
-        int8_metric = evaluate(all_path)
+        int8_metric = evaluate(all_path) if evaluate else None
         for layer in tqdm(full_plan.layers, desc="per-layer analysis", disable=None if progress else True,
                           leave=False):
             plan = _only_layer_plan(model, layer)
             path = write_qdq(model, plan, _sub_qparams(full, full_plan, plan), Path(d) / "one.onnx")
             layers.append({"name": layer, "module": full_plan.modules[layer], "op": ops[layer], "sqnr_db": round(_sqnr_db(ref, _outputs(path, batches)), 3),
-                           "metric_delta": round(evaluate(path) - fp32_metric, 4)})
+                           "metric_delta": round(evaluate(path) - fp32_metric, 4) if evaluate else None})
     return {"fp32_metric": fp32_metric, "int8_metric": int8_metric, "calibration": cfg.calibration,
             "layers": layers}
 
