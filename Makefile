@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test browser bench bench-quant bench-prune clean report
+.PHONY: env zoo zoo-smoke test fuzz browser bench bench-quant bench-prune clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ zoo-smoke: env
 
 test: env browser
 	$(PY) -m pytest tests
+
+# a longer fuzzing run of every reader (make test runs 60 inputs each, derandomized)
+fuzz: env
+	SLIMZOO_FUZZ_EXAMPLES=2000 SLIMZOO_FUZZ_RANDOM=1 $(PY) -m pytest tests/test_fuzz.py -p no:cacheprovider
 
 # headless Chromium for the report test (Debian packages); installed when missing, if apt-get can
 browser:

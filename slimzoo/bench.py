@@ -1,4 +1,4 @@
-"""Measure what a deployable model costs: latency in ONNX Runtime, FLOPs, parameters, file size."""
+"""Measure what a deployable model costs: latency in ONNX Runtime or OpenVINO, FLOPs, parameters, file size."""
 from __future__ import annotations
 
 import os
@@ -26,29 +26,44 @@ def count_flops_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[
     return int(macs), int(params)
 
 
-def benchmark_latency(path: str | Path, input_shape: tuple[int, ...], *, threads=(1, 2, 4), warmup: int = 5,
-                      runs: int = 30, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Latency (ms) of one ``session.run`` on a fixed input, per intra-op thread count.
+def _runner(path, runtime: str, threads: int, x: np.ndarray):
+    """A zero-argument callable running the model once on ``x`` in ``runtime``."""
+    if runtime == "openvino":
+        from .runtime import openvino_compiled
 
-    The timed region is the ONNX Runtime call alone (no pre/post-processing). Returns
-    ``{"1": {"median": .., "p90": ..}, ...}``.
-    """
+        request = openvino_compiled(path, threads).create_infer_request()
+        return lambda: request.infer([x])
+    if runtime != "onnxruntime":
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown runtime {runtime!r}; choose onnxruntime or openvino")
     from .runtime import ort_session
 
+    sess = ort_session(path, threads=threads)
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
+
+
+def benchmark_latency(path: str | Path, input_shape: tuple[int, ...], *, threads=(1, 2, 4), warmup: int = 5,
+                      runs: int = 30, seed: int = 0, runtime: str = "onnxruntime") -> dict[str, dict[str, float]]:
+    """Latency (ms) of one inference call on a fixed input, per thread count, in ``runtime``.
+
+    The timed region is the runtime call alone (ONNX Runtime ``session.run`` or OpenVINO
+    ``infer``; no pre/post-processing). Returns ``{"1": {"median": .., "p90": ..}, ...}``.
+    """
     x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
     out = {}
     for t in threads:
-        sess = ort_session(path, threads=t)
-        feed = {sess.get_inputs()[0].name: x}
+        run = _runner(path, runtime, t, x)
         for _ in range(warmup):
-            sess.run(None, feed)
+            run()
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            sess.run(None, feed)
+            run()
             times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
         out[str(t)] = {"median": round(statistics.median(times), 3),
                        "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
-        del sess
+        del run
     return out

@@ -16,7 +16,7 @@ def _task(args, data: str | None = None):
 
     root = Path(data or args.data)
     name = task_of_folder(root)
-    kw = {"skip_bad_samples": getattr(args, "skip_bad_samples", False)} if name == "classification" else {}
+    kw = {"skip_bad_samples": getattr(args, "skip_bad_samples", False)}
     if name == "segmentation" and getattr(args, "eval_size", None):
         kw["eval_size"] = _hw(args.eval_size)
     return get_task(name, data_root=root, image_size=args.image_size, batch_size=args.batch_size,
@@ -122,12 +122,16 @@ def cmd_train(args) -> None:
     out = Path(args.out)
     model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt")
     metrics = task.evaluate(_torch_predictor(model), progress=True)
-    save_checkpoint(model, out, {"model": args.model, "num_classes": task.num_classes,
-                                 "width_mult": args.width_mult, "image_size": args.image_size,
-                                 "classes": task.classes, "data": str(args.data), "train": cfg.to_dict(),
-                                 "val_metrics": metrics})
-    (out / "train_state.pt").unlink(missing_ok=True)
-    print(json.dumps({"checkpoint": str(out), **metrics}, indent=2))
+    from . import distributed
+
+    if distributed.is_main():  # under torchrun, rank 0 writes
+        save_checkpoint(model, out, {"model": args.model, "num_classes": task.num_classes,
+                                     "width_mult": args.width_mult, "image_size": args.image_size,
+                                     "classes": task.classes, "data": str(args.data), "train": cfg.to_dict(),
+                                     "val_metrics": metrics, "world_size": distributed.world_size()})
+        (out / "train_state.pt").unlink(missing_ok=True)
+        print(json.dumps({"checkpoint": str(out), **metrics}, indent=2))
+    distributed.barrier()
 
 
 def _torch_predictor(model):
@@ -137,10 +141,10 @@ def _torch_predictor(model):
 
 
 def cmd_eval(args) -> None:
-    from .runtime import OnnxPredictor
+    from .runtime import onnx_predictor
 
     task = _task(args)
-    predictor = OnnxPredictor(args.onnx, threads=args.threads) if args.onnx else _torch_predictor(
+    predictor = onnx_predictor(args.onnx, args.runtime, threads=args.threads) if args.onnx else _torch_predictor(
         _model(args, task.num_classes))
     metrics = task.evaluate(predictor, progress=True)
     print(json.dumps(metrics, indent=2))
@@ -281,9 +285,9 @@ def cmd_bench(args) -> None:
     from .bench import benchmark_latency, file_size_mb
 
     lat = benchmark_latency(args.onnx, (1, 3, args.input_size, args.input_size), threads=tuple(args.threads),
-                            warmup=args.warmup, runs=args.runs)
+                            warmup=args.warmup, runs=args.runs, runtime=args.runtime)
     res = {"file": args.onnx, "size_mb": round(file_size_mb(args.onnx), 3), "input_size": args.input_size,
-           "latency_ms": lat}
+           "runtime": args.runtime, "latency_ms": lat}
     print(json.dumps(res, indent=2))
     if args.json:
         from .storage import write_json
@@ -372,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="Top-1/Top-5 of a checkpoint, a state_dict or an ONNX file")
     data_args(sp)
     model_args(sp)
-    sp.add_argument("--onnx", help="evaluate this ONNX file in ONNX Runtime instead")
+    sp.add_argument("--onnx", help="evaluate this ONNX file in a runtime instead (see --runtime)")
+    sp.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                    help="runtime for --onnx; openvino needs the extra: pip install 'slimzoo[openvino]'")
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_eval)
 
@@ -450,8 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime at 1/2/4 threads")
+    sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime (or OpenVINO) at 1/2/4 threads")
     sp.add_argument("--onnx", required=True)
+    sp.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                    help="openvino needs the extra: pip install 'slimzoo[openvino]'")
     sp.add_argument("--input-size", type=int, default=224)
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     sp.add_argument("--warmup", type=int, default=5)
@@ -480,7 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("train", "eval"):  # under torchrun: join the process group
+            from . import distributed
+
+            distributed.init()
         args.func(args)
+        from . import distributed
+
+        distributed.shutdown()
     except SlimzooError as e:
         print(f"slimzoo: error: {e}", file=sys.stderr)
         return 2

@@ -107,8 +107,16 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         start = int(st["epoch"])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    from . import distributed
+
+    net = model
+    if distributed.active():  # torchrun: gradients averaged across ranks, each rank on its own data shard
+        net = nn.parallel.DistributedDataParallel(model, device_ids=None)
+        progress = progress and distributed.is_main()
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # same batches whether or not we resumed
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
         model.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress else True)  # None: bars only on a terminal
@@ -121,7 +129,7 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
-                out = model(images)
+                out = net(images)
             loss = loss_fn(_to_float(out), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
@@ -133,10 +141,11 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
             bar.set_postfix(loss=f"{run_loss / n:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {run_loss / max(1, n):.4f}", flush=True)
-        if state_path:
+        if state_path and distributed.is_main():
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "torch_rng": torch.get_rng_state(), "epoch": epoch + 1}
             atomic_write(state_path, partial(torch.save, st))
+        distributed.barrier()
         if on_epoch_end:
             on_epoch_end(epoch, model)
     return model.to(memory_format=torch.contiguous_format).eval()

@@ -23,6 +23,9 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 STRATEGIES = ("none", "quant", "qat", "prune")
 ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
             "image_size", "bench_size", "num_classes", "description", "backbone_from", "analyze_layers"}
+ROW_TYPES = {"base": (str,), "train": (dict,), "quant": (dict,), "qat": (dict,), "prune": (dict,),
+             "finetune": (dict,), "image_size": (int,), "bench_size": (int,), "num_classes": (int,),
+             "description": (str,), "backbone_from": (str,), "analyze_layers": (bool, int), "profiles": (dict,)}
 METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)", "miou": "mIoU (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
@@ -59,6 +62,13 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
         for key in ("id", "task", "model", "dataset", "strategy"):
             if not isinstance(r.get(key), str):
                 raise ConfigError(f"{p}: key {key!r} must be a string")
+        for key, value in r.items():
+            kind = ROW_TYPES.get(key)
+            if kind and not (isinstance(value, kind) and not (isinstance(value, bool) and bool not in kind)):
+                names = " or ".join(k.__name__ for k in kind)
+                raise ConfigError(f"{p}: key {key!r} must be a {names}, got {value!r}")
+        if r["task"] not in ("classification", "detection", "segmentation"):
+            raise ConfigError(f"{p}: task {r['task']!r} not one of classification, detection, segmentation")
         if r["strategy"] not in STRATEGIES:
             raise ConfigError(f"{p}: strategy {r['strategy']!r} not one of {STRATEGIES}")
         if r["strategy"] != "none" and not isinstance(r.get("base"), str):
@@ -293,9 +303,15 @@ class Zoo:
         old = read_json(row_file)
         return old if old.get("recipe_hash") == self._row_key(r, base["recipe_hash"] if base else None) else None
 
-    @staticmethod
-    def _resolved_configs(r: dict) -> dict:
+    def _resolved_configs(self, r: dict) -> dict:
         """Configs with the library's defaults filled in, so a changed default reruns the rows it affects."""
+        try:
+            return Zoo._resolve(r)
+        except ConfigError as e:
+            raise ConfigError(f"{self.recipes.get(r['id'], {}).get('_file', r['id'])}: {e}") from None
+
+    @staticmethod
+    def _resolve(r: dict) -> dict:
         if r["strategy"] == "quant":
             from .quant import PTQConfig
 
@@ -356,6 +372,13 @@ class Zoo:
         print(f"[{r['id']}] benchmarking at {bench_size}x{bench_size}", flush=True)
         lat = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2, 4))),
                                 warmup=bench.get("warmup", 5), runs=bench.get("runs", 30))
+        extra = {}
+        from .runtime import available_runtimes
+
+        if "openvino" in bench.get("runtimes", ["onnxruntime", "openvino"]) and "openvino" in available_runtimes():
+            ov = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2))),
+                                   warmup=bench.get("warmup", 5), runs=bench.get("runs", 30), runtime="openvino")
+            extra["latency_ms_openvino"] = {k: v["median"] for k, v in ov.items()}
         return {"id": r["id"], "task": r["task"], "model": r["model"], "dataset": r["dataset"],
                 "strategy": r["strategy"], "base": r.get("base"),
                 "metric": {"name": task.metric, "value": round(value, 3), "delta": delta},
@@ -365,7 +388,7 @@ class Zoo:
                 "flops": flops, "params": params, "input_size": [bench_size, bench_size],
                 "eval_size": list(example.shape[-2:]), "width_mult": r.get("width_mult", 1.0),
                 "file": str(path), "profile": self.profile_name, "label": _label(r["strategy"], pruning),
-                "pruning": pruning}
+                "pruning": pruning, **extra}
 
     def _layer_sqnr(self, r: dict, model, example, task, qcfg, path: Path) -> None:
         """Per-layer INT8 error (output SQNR with only that layer quantized) on a few calibration images,
@@ -482,8 +505,9 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
              f"({mi.get('cores', '?')} cores); ONNX Runtime {mi.get('onnxruntime', '?')} CPU, batch 1. "
              "Metrics come from running each deployable file (FP32 or INT8 ONNX) in ONNX Runtime over the whole "
              "validation set. Latency: median of timed `session.run` calls after warm-up, at 1/2/4 intra-op "
-             "threads, at the bench resolution. FLOPs count multiply-accumulates. Size ratio and T1 speed-up "
-             "are against the row's FP32 model.", "",
+             "threads, at the bench resolution (OpenVINO, where installed: the same file, float layers kept in "
+             "float32). FLOPs count multiply-accumulates. Size ratio and T1 speed-up are against the row's FP32 "
+             "model.", "",
              "The `Ref.` columns are the reference's own figures (PaddleX compressed model zoo: ImageNet, COCO, "
              "Pascal VOC, Cityscapes; Paddle Lite on ARM phones, one thread, device per row in "
              "`recipes/reference.yaml`), copied, not measured: our data are synthetic, so compare the shape of "
@@ -492,18 +516,23 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
         lines += [f"## {task.capitalize()}", ""]
         names = list(dict.fromkeys(r["metric"]["name"] for r in rows if r["task"] == task))
         metric = METRIC_LABEL.get(names[0], names[0]) if len(names) == 1 else "Metric (%)"
+        has_ov = any("latency_ms_openvino" in r for r in rows if r["task"] == task)
         lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Size ratio | Latency T1 / T2 / T4 (ms) | "
-                  "T1 speed-up | GFLOPs | Params (M) | Eval res | Bench res | Ref. metric | Ref. size | "
-                  "Ref. T1 speed-up |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "T1 speed-up | " + ("OpenVINO T1 / T2 (ms) | " if has_ov else "") + "GFLOPs | Params (M) | "
+                  "Eval res | Bench res | Ref. metric | Ref. size | Ref. T1 speed-up |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if has_ov else "") + "---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
             c = compare(r, by_id)
             speed = f"{c['speedup']:.2f}x" if c["speedup"] else "-"
             ref_metric, ref_size, ref_speed = _fmt_ref(reference.get(r["id"]))
             label = r.get("label") or STRATEGY_LABEL.get(r["strategy"], r["strategy"])
+            ov = ""
+            if has_ov:
+                o = r.get("latency_ms_openvino")
+                ov = (" / ".join(f"{o[k]:.2f}" for k in sorted(o, key=int)) if o else "-") + " | "
             lines.append(f"| {r['model']} | {label} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
-                         f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {r['flops'] / 1e9:.3f} | "
+                         f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {ov}{r['flops'] / 1e9:.3f} | "
                          f"{r['params'] / 1e6:.2f} | {r['eval_size'][0]}x{r['eval_size'][1]} | "
                          f"{r['input_size'][0]}x{r['input_size'][1]} | {ref_metric} | {ref_size} | {ref_speed} |")
         lines.append("")

@@ -93,3 +93,28 @@ def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
                  "--out", str(tmp_path / "q.onnx")]) == 0
     res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert {"bbox_map", "ap50", "voc_map"} <= set(res)
+
+
+def test_segmentation_cli_synth_train_prune_eval(tmp_path, capsys):
+    import json
+
+    from slimzoo.cli import task_of_folder
+
+    data = tmp_path / "seg"
+    assert main(["data", "synth", "--task", "seg", "--format", "cityscapes", "--out", str(data), "--num-train", "8",
+                 "--num-val", "4", "--seg-size", "32x64"]) == 0
+    assert task_of_folder(data) == "segmentation" and (data / "gtFine" / "val").is_dir()
+    assert main(["data", "synth", "--task", "seg", "--format", "voc", "--out", str(tmp_path / "x")]) == 2
+    assert "not a seg format" in capsys.readouterr().err
+    common = ["--data", str(data), "--image-size", "32", "--batch-size", "4", "--workers", "0"]
+    ck = tmp_path / "ck"
+    assert main(["train", *common, "--model", "fast_scnn", "--width-mult", "0.5", "--epochs", "1",
+                 "--out", str(ck)]) == 0
+    assert '"miou"' in capsys.readouterr().out
+    assert main(["prune", *common, "--checkpoint", str(ck), "--flops-reduction", "0.3", "--uniform", "--epochs", "1",
+                 "--out", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    assert main(["eval", *common, "--eval-size", "64x128", "--checkpoint", str(tmp_path / "p")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["num_images"] == 4 and set(res["per_class_iou"]) == {"road", "sidewalk", "building", "vegetation",
+                                                                     "sky", "pole", "car", "person"}

@@ -78,24 +78,15 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list
 class ClassificationDataset(Dataset):
     """Image classification samples read from disk; ``transform`` maps a PIL image to a tensor."""
 
-    def __init__(self, samples: list[Sample], classes: list[str], transform: Callable | None = None,
-                 skip_bad_samples: bool = False):
+    def __init__(self, samples: list[Sample], classes: list[str], transform: Callable | None = None):
         self.samples, self.classes, self.transform = samples, classes, transform
-        self.skip_bad_samples = skip_bad_samples
-        self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        try:
-            img = load_rgb(s.path)
-        except DataError as e:
-            if not self.skip_bad_samples:
-                raise
-            self.skipped.append(str(e))
-            return self[(i + 1) % len(self)]
+        img = load_rgb(s.path)
         return (self.transform(img) if self.transform else img), s.label
 
 
@@ -112,8 +103,7 @@ def detect_format(root: str | Path) -> str:
                     "val_list.txt (list format) or train/<class>/ and val/<class>/ folders")
 
 
-def load_split(root: str | Path, split: str, transform: Callable | None = None,
-               skip_bad_samples: bool = False) -> ClassificationDataset:
+def load_split(root: str | Path, split: str, transform: Callable | None = None) -> ClassificationDataset:
     """The ``train`` or ``val`` split of a dataset in either format."""
     root = Path(root)
     if detect_format(root) == "list":
@@ -124,7 +114,7 @@ def load_split(root: str | Path, split: str, transform: Callable | None = None,
         if split != "train" and (root / "train").is_dir():
             classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
         samples, classes = scan_folder(root / split, classes)
-    return ClassificationDataset(samples, classes, transform, skip_bad_samples)
+    return ClassificationDataset(samples, classes, transform)
 
 
 def train_transform(size: int):

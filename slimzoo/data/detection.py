@@ -70,6 +70,22 @@ def _check_box(box, w: int, h: int, where: str) -> list[float]:
     return [max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)]
 
 
+def _field(obj, key: str, kind, where: str):
+    """``obj[key]``, checked to be a ``kind`` (int also accepts integral floats; bool is never a number)."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise DataError(f"{where}: missing key {key!r}")
+    v = obj[key]
+    if kind is int and isinstance(v, float) and v.is_integer():
+        v = int(v)
+    ok = isinstance(v, kind) and not isinstance(v, bool) if kind in (int, float, (int, float)) else isinstance(v, kind)
+    if not ok:
+        name = kind.__name__ if isinstance(kind, type) else "number"
+        raise DataError(f"{where}: {key!r} must be a {name}, got {v!r}")
+    return v
+
+
 def load_coco(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]:
     """Samples and class names of a COCO split (category ids mapped to 0..C-1 in id order)."""
     root = Path(root)
@@ -81,41 +97,55 @@ def load_coco(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]
         data = json.loads(ann.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{ann}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{ann}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{ann}: missing list {key!r}")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    cats = []
+    for k, c in enumerate(data["categories"]):
+        where = f"{ann}: categories[{k}]"
+        cats.append((_field(c, "id", int, where), str(_field(c, "name", str, where))))
+    cats.sort()
+    cat_index = {cid: i for i, (cid, _) in enumerate(cats)}
+    if len(cat_index) != len(cats):
+        raise DataError(f"{ann}: duplicate category ids")
     img_dir = next((d for d in (root / f"{split}2017", root / split, root / "images") if d.is_dir()), None)
     if img_dir is None:
         raise DataError(f"{root}: no image folder {split}2017/, {split}/ or images/")
     per_image: dict[int, list] = {}
-    for a in data["annotations"]:
-        where = f"{ann}: annotation id {a.get('id')}"
-        if a.get("category_id") not in cat_index:
-            raise DataError(f"{where}: category_id {a.get('category_id')} is not in 'categories'")
+    for k, a in enumerate(data["annotations"]):
+        where = f"{ann}: annotations[{k}]" + (f" (id {a.get('id')!r})" if isinstance(a, dict) else "")
+        cid = _field(a, "category_id", int, where)
+        if cid not in cat_index:
+            raise DataError(f"{where}: category_id {cid} is not in 'categories'")
         if a.get("iscrowd", 0):
             continue
-        bbox = a.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
-        per_image.setdefault(a.get("image_id"), []).append((a, where))
-    samples = []
-    for im in data["images"]:
-        w, h = int(im["width"]), int(im["height"])
+        bbox = _field(a, "bbox", list, where)
+        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+            raise DataError(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
+        per_image.setdefault(_field(a, "image_id", int, where), []).append((bbox, cat_index[cid], where))
+    samples, seen = [], set()
+    for k, im in enumerate(data["images"]):
+        where = f"{ann}: images[{k}]"
+        iid, w, h = (_field(im, key, int, where) for key in ("id", "width", "height"))
+        name = _field(im, "file_name", str, where)
+        if w < 1 or h < 1:
+            raise DataError(f"{where}: image size {w}x{h} is not positive")
+        if iid in seen:
+            raise DataError(f"{where}: duplicate image id {iid}")
+        seen.add(iid)
         boxes, labels = [], []
-        for a, where in per_image.pop(im["id"], []):
-            x, y, bw, bh = a["bbox"]
-            boxes.append(_check_box([x, y, x + bw, y + bh], w, h, where))
-            labels.append(cat_index[a["category_id"]])
-        samples.append(DetSample(img_dir / im["file_name"], int(im["id"]), w, h,
-                                 np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-                                 np.zeros(len(labels), bool)))
+        for (x, y, bw, bh), label, bwhere in per_image.pop(iid, []):
+            boxes.append(_check_box([x, y, x + bw, y + bh], w, h, bwhere))
+            labels.append(label)
+        samples.append(DetSample(img_dir / name, iid, w, h, np.asarray(boxes, np.float32).reshape(-1, 4),
+                                 np.asarray(labels, np.int64), np.zeros(len(labels), bool)))
     if per_image:
         raise DataError(f"{ann}: annotations refer to image id(s) {sorted(per_image)[:5]} not in 'images'")
     if not samples:
         raise DataError(f"{ann}: no images")
-    return samples, [c["name"] for c in cats]
+    return samples, [n for _, n in cats]
 
 
 def parse_voc_xml(path: Path, classes: list[str], image_id: int, image_path: Path) -> DetSample:

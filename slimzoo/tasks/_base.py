@@ -4,12 +4,49 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+
+class SkipBadSamples(Dataset):
+    """Wraps a dataset so that a sample raising DataError (corrupt image, bad label) becomes None;
+    :func:`skipping_collate` drops those, and the task reports how many were skipped."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        from ..errors import DataError
+
+        try:
+            return self.ds[i]
+        except DataError as e:
+            import warnings
+
+            warnings.warn(f"skipped: {e}", stacklevel=1)
+            return None
+
+
+class _SkippingCollate:
+    def __init__(self, collate):
+        self.collate = collate or default_collate
+
+    def __call__(self, batch):
+        good = [b for b in batch if b is not None]
+        if not good:
+            from ..errors import DataError
+
+            raise DataError(f"every sample of a batch of {len(batch)} was bad; check the dataset "
+                            "(--skip-bad-samples skips a few bad files, not most of them)")
+        return self.collate(good)
 
 
 class DatasetTask:
     """Mixin for tasks with ``train_dataset(augment)``, ``val_dataset()``, ``data_root``, ``image_size``,
-    ``batch_size`` and ``num_workers``; ``collate_fn`` batches samples (None: default stacking)."""
+    ``batch_size``, ``num_workers`` and ``skip_bad_samples``; ``collate_fn`` batches samples (None: default
+    stacking)."""
 
     collate_fn = None
 
@@ -25,8 +62,27 @@ class DatasetTask:
         return torch.randn(batch, 3, self.image_size, self.image_size)
 
     def _loader(self, ds, shuffle: bool, batch_size: int | None = None, drop_last: bool = False) -> DataLoader:
+        """Under torchrun, training loaders read a seeded per-rank shard (reshuffled per epoch by ``fit``) and
+        evaluation loaders split the data without padding, so each image is evaluated exactly once."""
+        from .. import distributed
+
+        collate = type(self).collate_fn
+        if getattr(self, "skip_bad_samples", False):
+            ds, collate = SkipBadSamples(ds), _SkippingCollate(collate)
+        sampler = None
+        if distributed.active():
+            from torch.utils.data import DistributedSampler
+
+            sampler = (DistributedSampler(ds, shuffle=True, seed=0, drop_last=drop_last) if shuffle
+                       else distributed.ShardSampler(len(ds)))
+            shuffle = False
         return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, collate_fn=type(self).collate_fn)
+                          num_workers=self.num_workers, collate_fn=collate, sampler=sampler)
+
+    def skipped(self, limit: int | None, evaluated: int) -> dict:
+        """``{"skipped": n}`` when bad validation samples were skipped (counted as those not evaluated), else {}."""
+        expected = len(self.val_dataset()) if limit is None else min(limit, len(self.val_dataset()))
+        return {"skipped": expected - evaluated} if expected != evaluated else {}
 
     def train_loader(self, batch_size: int | None = None) -> DataLoader:
         ds = self.train_dataset()

@@ -31,12 +31,11 @@ class ClassificationTask(DatasetTask):
 
     def train_dataset(self, augment: bool = True):
         tf = cls_data.train_transform(self.image_size) if augment else cls_data.eval_transform(self.image_size)
-        return cls_data.load_split(self.data_root, "train", tf, self.skip_bad_samples)
+        return cls_data.load_split(self.data_root, "train", tf)
 
     def val_dataset(self):
         if self._val is None:
-            self._val = cls_data.load_split(self.data_root, "val", cls_data.eval_transform(self.image_size),
-                                            self.skip_bad_samples)
+            self._val = cls_data.load_split(self.data_root, "val", cls_data.eval_transform(self.image_size))
         return self._val
 
     def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -58,4 +57,8 @@ class ClassificationTask(DatasetTask):
             correct1 += hit[:, 0].sum().item()
             correct5 += hit.any(dim=1).sum().item()
             total += targets.numel()
-        return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "num_images": total}
+        from .. import distributed
+
+        correct1, correct5, total = distributed.all_reduce_sum(torch.tensor([correct1, correct5, total])).tolist()
+        return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "num_images": total,
+                **self.skipped(limit, total)}

@@ -190,6 +190,7 @@ class DetectionTask(DatasetTask):
     format: str | None = None
     score_thresh: float = 0.005
     nms_iou: float = 0.45
+    skip_bad_samples: bool = False
     name: str = field(default="detection", init=False)
     collate_fn = staticmethod(det_data.collate)
 
@@ -242,9 +243,17 @@ class DetectionTask(DatasetTask):
                 voc_gt.append({"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult})
                 voc_dets.append({k: v.numpy() for k, v in (("boxes", boxes), ("scores", d["scores"]),
                                                            ("labels", d["labels"]))})
+        from .. import distributed
+
+        if distributed.active():  # every rank scores the whole set from everyone's detections
+            gt_images, gt_anns, coco_dets, voc_gt, voc_dets = (distributed.all_gather_list(x) for x in (
+                gt_images, gt_anns, coco_dets, voc_gt, voc_dets))
+            for k, a in enumerate(gt_anns):
+                a["id"] = k + 1
         gt = {"images": gt_images, "annotations": gt_anns,
               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.classes)]}
         res = coco_map(gt, coco_dets)
         res["voc_map"] = voc_map(voc_gt, voc_dets, self.num_classes)
         res["num_images"] = len(gt_images)
+        res.update(self.skipped(limit, len(gt_images)))
         return res

@@ -39,6 +39,7 @@ class SegmentationTask(DatasetTask):
     format: str | None = None
     eval_size: tuple[int, int] | None = None
     aux_weight: float = 0.0
+    skip_bad_samples: bool = False
     name: str = field(default="segmentation", init=False)
     metric: str = field(default="miou", init=False)
     collate_fn = staticmethod(seg_data.collate)
@@ -93,10 +94,14 @@ class SegmentationTask(DatasetTask):
                 logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
             cm += confusion_matrix(logits.argmax(1), labels, C)
             n += labels.shape[0]
+        from .. import distributed
+
+        cm = distributed.all_reduce_sum(cm)
+        n = int(distributed.all_reduce_sum(torch.tensor(n)))
         iou = iou_from_confusion(cm)
         valid = ~torch.isnan(iou)
         return {"miou": 100 * float(iou[valid].mean()) if valid.any() else 0.0,
                 "pixel_acc": 100 * float(cm.diag().sum() / cm.sum().clamp(min=1)),
                 "per_class_iou": {c: (None if torch.isnan(v) else round(100 * float(v), 3))
                                   for c, v in zip(self.classes, iou, strict=True)},
-                "num_images": n}
+                "num_images": n, **self.skipped(limit, n)}

@@ -1,0 +1,85 @@
+"""Data-parallel training across processes (``torchrun``): gloo on CPU, nccl on GPU.
+
+Under ``torchrun --nproc_per_node N slimzoo ...`` every process reads its rank from the
+environment; :func:`init` joins the process group once. Training then wraps the model in
+DistributedDataParallel, each rank reads its own shard of the training set (a seeded
+DistributedSampler, reshuffled per epoch), evaluation splits the validation set without
+padding and reduces its counts, and only rank 0 writes files. Without torchrun all of this is
+a no-op and a single process runs as before.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def init() -> bool:
+    """Join the process group if launched by torchrun (``WORLD_SIZE`` > 1); True when distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() and os.environ.get("SLIMZOO_DIST_BACKEND") != "gloo" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (all ranks together), so that no rank exits while another still talks to it."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks (``t`` itself when not distributed)."""
+    if active():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_list(items: list) -> list:
+    """The concatenation of every rank's ``items`` (picklable Python objects), in rank order."""
+    if not active():
+        return items
+    out: list[list] = [None] * world_size()  # type: ignore[list-item]
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + W, ...`` of a dataset: every sample on exactly one rank, no padding (for evaluation)."""
+
+    def __init__(self, n: int):
+        self.n, self.r, self.w = n, rank(), world_size()
+
+    def __iter__(self):
+        return iter(range(self.r, self.n, self.w))
+
+    def __len__(self) -> int:
+        return len(range(self.r, self.n, self.w))
