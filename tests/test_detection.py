@@ -57,7 +57,12 @@ def test_bad_annotations_name_the_file(det_data, tmp_path):
     data = json.loads(ann.read_text())
     data["annotations"][0]["category_id"] = 99
     ann.write_text(json.dumps(data))
-    with pytest.raises(DataError, match="instances_val2017.json: annotation id 1: category_id 99"):
+    with pytest.raises(DataError, match=r"instances_val2017.json: annotations\[0\] \(id 1\): category_id 99"):
+        load_detection(coco, "val")
+    data["annotations"][0]["category_id"] = 1
+    del data["images"][2]["width"]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances_val2017.json: images\[2\]: missing key 'width'"):
         load_detection(coco, "val")
     ann.write_text("{")
     with pytest.raises(DataError, match="not valid JSON"):

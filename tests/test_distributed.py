@@ -19,10 +19,10 @@ def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
     one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--batch-size", "32",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "slimzoo.cli", *common,
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli", *common,
                           "--batch-size", "16", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, _errors(two.stderr)
     cfg1 = json.loads((tmp_path / "one" / "config.json").read_text())
     cfg2 = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg2["world_size"] == 2
@@ -36,9 +36,9 @@ def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
           "--checkpoint", str(tmp_path / "one")]
     e1 = subprocess.run([sys.executable, "-m", "slimzoo.cli", *ev], capture_output=True, text=True, timeout=600,
                         env=env)
-    e2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29518", "-m", "slimzoo.cli", *ev],
+    e2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli", *ev],
                         capture_output=True, text=True, timeout=600, env=env)
-    assert e1.returncode == 0 and e2.returncode == 0, e2.stderr[-3000:]
+    assert e1.returncode == 0 and e2.returncode == 0, _errors(e2.stderr)
     m1 = json.loads(e1.stdout)
     m2 = [json.loads(t) for t in _json_objects(e2.stdout)]
     assert len(m2) == 2 and all(m == m1 for m in m2)  # both ranks report the whole set's metrics
@@ -56,3 +56,17 @@ def _json_objects(text: str) -> list[str]:
             if depth == 0:
                 out.append(text[start:i + 1])
     return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _errors(stderr: str) -> str:
+    """The lines of a failed torchrun's stderr that say what went wrong (each rank's, not only the summary)."""
+    lines = [ln for ln in stderr.splitlines() if any(w in ln for w in ("Error", "error", "terminate", "what()"))]
+    return "\n".join(lines[:40]) or stderr[-3000:]
