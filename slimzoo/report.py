@@ -161,13 +161,15 @@ def _tables(rows: list[dict], by_id: dict, reference: dict) -> str:
             cells = [r["model"], _label(r), r["dataset"], f"{METRIC_LABEL.get(m['name'], m['name'])[:-4]} {val}",
                      f"{r['size_mb']:.2f}", f"{c['size_ratio']:.2f}x", lat,
                      f"{c['speedup']:.2f}x" if c["speedup"] else "-", f"{r['flops'] / 1e9:.3f}",
-                     f"{r['input_size'][0]}x{r['input_size'][1]}"]
+                     f"{r['input_size'][0]}x{r['input_size'][1]}",
+                     f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"]
             tds = "".join(f"<td>{html.escape(str(x))}</td>" for x in cells)
             tds += "".join(f'<td class="ref">{html.escape(x)}</td>' for x in ref)
             trs.append(f'<tr class="{"fp32" if r["strategy"] == "none" else ""}">{tds}</tr>')
         head = "".join(f"<th>{h}</th>" for h in (
             "Model", "Strategy", "Dataset", "Metric (%)", "Size (MB)", "Size ratio", "Latency T1 / T2 / T4 (ms)",
-            "T1 speed-up", "GFLOPs", "Bench res", "Ref. metric", "Ref. size", "Ref. T1 speed-up"))
+            "T1 speed-up", "GFLOPs", "Bench res", "Peak RAM of the row (MB)", "Ref. metric", "Ref. size",
+            "Ref. T1 speed-up"))
         out.append(f'<h3>{html.escape(task.capitalize())}</h3><div class="scroll"><table class="zoo"><thead><tr>'
                    f"{head}</tr></thead><tbody>{''.join(trs)}</tbody></table></div>")
     return "".join(out)

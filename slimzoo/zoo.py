@@ -276,9 +276,11 @@ class Zoo:
                 self._results[row_id] = old
                 return old
         t0 = time.time()
+        _reset_peak_rss()
         res = self._compute_row(r)
         res["recipe_hash"] = key
         res["seconds"] = round(time.time() - t0, 1)
+        res["peak_rss_mb"] = _peak_rss_mb()
         write_json(row_file, res)
         self._results[row_id] = res
         print(f"[{row_id}] {res['metric']['name']} {res['metric']['value']:.2f} size {res['size_mb']:.2f} MB "
@@ -432,6 +434,30 @@ class Zoo:
 
         render_report({"meta": meta, "rows": results}, self.out / "report.html", self.out, reference)
         return results
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak resident memory (Linux: ``clear_refs`` 5), so each row reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (MB) since the last reset; data-loader workers not included."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
 
 
 def _label(strategy: str, pruning: dict | None) -> str:
