@@ -295,6 +295,13 @@ def cmd_bench(args) -> None:
         write_json(args.json, res)
 
 
+def _pair(item: str, flag: str, example: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"{flag} expects KEY=VALUE (e.g. {example}), got {item!r}")
+    k, v = item.split("=", 1)
+    return k, v
+
+
 def cmd_zoo(args) -> None:
     from .zoo import Zoo
 
@@ -304,7 +311,19 @@ def cmd_zoo(args) -> None:
             raise ConfigError(f"--data-root expects NAME=PATH (e.g. synth-cls=/data/imagenet), got {item!r}")
         k, v = item.split("=", 1)
         roots[k] = v
-    zoo = Zoo(Path(args.out), profile_name=args.profile, recipes_dir=Path(args.recipes), data_roots=roots)
+    weights = dict(_pair(x, "--weights", "cls-resnet50-none=resnet50.pth") for x in args.weights or [])
+    overrides: dict = {}
+    for item in args.set or []:
+        import yaml
+
+        key, text = _pair(item, "--set", "image_size=224")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(text)
+    zoo = Zoo(Path(args.out), profile_name=args.profile, recipes_dir=Path(args.recipes), data_roots=roots,
+              weights=weights, overrides=overrides)
     zoo.run(args.rows, force=args.force)
     print((Path(args.out) / "ZOO.md").read_text())
 
@@ -480,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--recipes", default=str(RECIPES_DIR))
     sp.add_argument("--data-root", action="append", metavar="NAME=PATH",
                     help="use your own dataset for a recipe dataset name (e.g. synth-cls=/data/imagenet)")
+    sp.add_argument("--weights", action="append", metavar="ROW=PATH",
+                    help="your own trained FP32 weights for an FP32 row instead of training it (a state_dict file "
+                    "or a `slimzoo train` folder), e.g. cls-resnet50-none=resnet50-11ad3fa6.pth")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe setting in every row, e.g. image_size=224 or "
+                    "quant.num_calibration=512 (values parsed as YAML)")
     sp.add_argument("--force", action="store_true", help="recompute the selected rows")
     sp.set_defaults(func=cmd_zoo)
     return p

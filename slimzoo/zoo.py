@@ -139,6 +139,8 @@ class Zoo:
     profile_name: str = "default"
     recipes_dir: Path = RECIPES_DIR
     data_roots: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # FP32 row id -> the user's own trained weights
+    overrides: dict = field(default_factory=dict)  # merged into every row recipe last (e.g. {"image_size": 224})
     progress: bool = True
 
     def __post_init__(self):
@@ -151,7 +153,8 @@ class Zoo:
     def recipe(self, row_id: str) -> dict:
         if row_id not in self.recipes:
             raise ConfigError(f"unknown row {row_id!r}; rows: {', '.join(self.recipes)}")
-        return resolve_recipe(self.recipes[row_id], self.profile, self.profile_name)
+        r = resolve_recipe(self.recipes[row_id], self.profile, self.profile_name)
+        return _deep_merge(r, self.overrides) if self.overrides else r
 
     def dataset_root(self, name: str) -> Path:
         """The user's folder for ``name`` if given, else the synthetic dataset (generated on first use)."""
@@ -196,6 +199,16 @@ class Zoo:
         key = _hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult")}
                     | ({"backbone_from": r["backbone_from"]} if r.get("backbone_from") else {})
                     | {"data": str(task.data_root)})
+        if row_id in self.weights:  # the user's own trained FP32 model: nothing to train
+            from .storage import load_weights
+
+            src = Path(self.weights[row_id])
+            if r["strategy"] != "none":
+                raise ConfigError(f"--weights {row_id}=...: only FP32 ('none') rows take weights")
+            model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0))
+            load_weights(model, src / "model.safetensors" if src.is_dir() else src)
+            print(f"[{row_id}] using your weights {src}", flush=True)
+            return model.eval(), task
         cfg_file = ckpt / "config.json"
         if cfg_file.is_file() and read_json(cfg_file).get("key") == key:
             return load_checkpoint(ckpt)[0], task
@@ -289,7 +302,18 @@ class Zoo:
 
     def _row_key(self, r: dict, base_hash: str | None) -> str:
         return _hash({"recipe": r, "resolved": self._resolved_configs(r), "base": base_hash,
-                      "data": self.data_roots.get(r["dataset"])})
+                      "data": self.data_roots.get(r["dataset"]), **self._weights_key(r)})
+
+    def _weights_key(self, r: dict) -> dict:
+        """Identifies the user's weights file (path, size, mtime), so replacing it reruns the row."""
+        src = self.weights.get(r["id"])
+        if not src:
+            return {}
+        p = Path(src) / "model.safetensors" if Path(src).is_dir() else Path(src)
+        if not p.is_file():
+            raise ConfigError(f"{p}: weights file not found (from --weights {r['id']}=...)")
+        st = p.stat()
+        return {"weights": [str(p.resolve()), st.st_size, int(st.st_mtime)]}
 
     def finished_row(self, row_id: str) -> dict | None:
         """The stored result of ``row_id`` if it is up to date with its recipe and its bases, else None."""

@@ -117,3 +117,20 @@ def test_smoke_profile_runs_every_row(tmp_path):
     md = (out / "ZOO.md").read_text()
     assert "<table" in (out / "report.html").read_text()
     assert "quant (QAT)" in md and "| mobilenet_v1 | prune -50% + quant |" in md
+
+
+def test_zoo_takes_your_own_weights_and_settings(tmp_path):
+    from slimzoo.cli import main
+    from slimzoo.models import create_model
+    from slimzoo.storage import save_state_dict
+
+    torch.manual_seed(0)
+    w = save_state_dict(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), tmp_path / "mine.safetensors")
+    out = tmp_path / "zoo"
+    assert main(["zoo", "--out", str(out), "--profile", "smoke", "--rows", "cls-mobilenet_v1-quant",
+                 "--weights", f"cls-mobilenet_v1-none={w}", "--set", "image_size=48",
+                 "--set", "quant.num_calibration=16"]) == 0
+    rows = {r["id"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["cls-mobilenet_v1-none"]["eval_size"] == [48, 48]
+    assert not (out / "models" / "cls-mobilenet_v1-none").exists()  # nothing trained: your weights were used
+    assert main(["zoo", "--out", str(out), "--weights", "cls-mobilenet_v1-none"]) == 2
