@@ -240,6 +240,10 @@ def cmd_sensitivity(args) -> None:
     out = Path(args.out)
     sens = analyze_sensitivity(model, task.example_inputs(), _evaluate_torch(task, cfg.eval_images), out, cfg,
                                metric_name=task.metric)
+    from . import distributed
+
+    if not distributed.is_main():  # under torchrun the ranks shared the groups; rank 0 has written the JSON
+        return
     png = plot_sensitivity(sens, out.with_suffix(".png"))
     print(f"wrote {out} and {png}: {len(sens['layers'])} prunable groups, {sens['evaluations']} evaluations on "
           f"{cfg.eval_images} images (the reference's 9 per layer would be {sens['reference_evaluations']})")
@@ -513,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("train", "eval"):  # under torchrun: join the process group
+        if args.command in ("train", "eval", "sensitivity"):  # under torchrun: join the process group
             from . import distributed
 
             distributed.init()

@@ -34,16 +34,37 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def active() -> bool:
+_LOCAL = False
+
+
+class local:
+    """Within this block the process acts alone: loaders do not shard and metrics are not reduced
+    (for work that differs per rank, such as evaluating different pruned models)."""
+
+    def __enter__(self):
+        global _LOCAL
+        self._prev, _LOCAL = _LOCAL, True
+
+    def __exit__(self, *exc):
+        global _LOCAL
+        _LOCAL = self._prev
+
+
+def _group() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def active() -> bool:
+    """True when this process is one of several ranks and not inside a :class:`local` block."""
+    return _group() and not _LOCAL
+
+
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return dist.get_rank() if _group() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if active() else 1
+    return dist.get_world_size() if _group() else 1
 
 
 def is_main() -> bool:
@@ -51,7 +72,7 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
-    if active():
+    if _group():
         dist.barrier()
 
 
@@ -65,7 +86,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def all_gather_list(items: list) -> list:
     """The concatenation of every rank's ``items`` (picklable Python objects), in rank order."""
-    if not active():
+    if not _group():
         return items
     out: list[list] = [None] * world_size()  # type: ignore[list-item]
     dist.all_gather_object(out, items)

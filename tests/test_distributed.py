@@ -70,3 +70,28 @@ def _errors(stderr: str) -> str:
     """The lines of a failed torchrun's stderr that say what went wrong (each rank's, not only the summary)."""
     lines = [ln for ln in stderr.splitlines() if any(w in ln for w in ("Error", "error", "terminate", "what()"))]
     return "\n".join(lines[:40]) or stderr[-3000:]
+
+
+def test_sensitivity_split_over_two_ranks_equals_one_process(tmp_path, synth_cls):
+    from slimzoo.checkpoint import save_checkpoint
+    from slimzoo.models import create_model
+
+    torch_ = pytest.importorskip("torch")
+    torch_.manual_seed(0)
+    ck = tmp_path / "ck"
+    save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), ck,
+                    {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25, "image_size": 32})
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
+    common = ["sensitivity", "--data", str(synth_cls), "--checkpoint", str(ck), "--image-size", "32",
+              "--eval-images", "48", "--workers", "0", "--stop-loss", "1.0"]
+    one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--out", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
+                          *common, "--out", str(tmp_path / "two.json")], capture_output=True, text=True, timeout=600,
+                         env=env)
+    assert two.returncode == 0, _errors(two.stderr)
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert a["layers"] == b["layers"] and a["evaluations"] == b["evaluations"]  # one merged file, same points
+    assert not list(tmp_path.glob("two.rank*.json"))  # the per-rank parts are merged and removed

@@ -95,21 +95,28 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
     groups = prunable_groups(model, dg, list(cfg.ignored))
     if not groups:
         raise ConfigError(f"{type(model).__name__}: no prunable layer groups found")
+    from .. import distributed
+
     fp = model_fingerprint(model)
-    res = read_json(out_path) if out_path.is_file() else None
-    if not (res and res.get("fingerprint") == fp and res.get("config") == cfg.to_dict()):
+    rank, world = distributed.rank(), distributed.world_size()
+    part_path = out_path if world == 1 else out_path.with_name(f"{out_path.stem}.rank{rank}{out_path.suffix}")
+    res = _load_matching(out_path, fp, cfg)
+    if not res:
         res = {"version": 1, "model": type(model).__name__, "fingerprint": fp, "config": cfg.to_dict(),
                "metric": metric_name, "base_metric": None, "evaluations": 0,
                "reference_evaluations": REFERENCE_EVALS_PER_LAYER * len(groups),
                "layers": {g.name: {"channels": g.channels, "coupled": g.layers, "points": [], "done": False}
                           for g in groups}}
+    for part in sorted(out_path.parent.glob(f"{out_path.stem}.rank*{out_path.suffix}")):
+        _merge(res, _load_matching(part, fp, cfg))  # finished work of an interrupted multi-process run
     if res["base_metric"] is None:
-        res["base_metric"] = float(evaluate(model))
-        res["evaluations"] += 1
-        write_json(out_path, res)
+        with distributed.local():  # every rank needs it; counted once
+            res["base_metric"] = float(evaluate(model))
+        res["evaluations"] = 1 + _evaluated_points(res)
+        write_json(part_path, res)
     base = res["base_metric"]
-    todo = [g for g in groups if not res["layers"][g.name]["done"]]
-    bar = tqdm(todo, desc="sensitivity", disable=None if progress else True)
+    todo = [g for g in groups if not res["layers"][g.name]["done"]][rank::world]  # under torchrun: a share each
+    bar = tqdm(todo, desc="sensitivity", disable=None if progress and distributed.is_main() else True)
     for g in bar:
         entry = res["layers"][g.name]
         done_ratios = {p["ratio"] for p in entry["points"]}
@@ -127,17 +134,49 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
                 m = copy.deepcopy(model)
                 apply_ratios(m, example_inputs, {g.name: ratio}, importance_name=cfg.importance,
                              round_to=cfg.round_to)
-                value = float(evaluate(m))
+                with distributed.local():  # ranks evaluate different models: no sharding, no reduction
+                    value = float(evaluate(m))
                 point = {"ratio": ratio, "keep": keep, "metric": value,
                          "loss": (base - value) / abs(base) if base else base - value, "evaluated": True}
                 res["evaluations"] += 1
             entry["points"].append(point)
-            write_json(out_path, res)  # after every evaluation: an interrupted run resumes here
+            write_json(part_path, res)  # after every evaluation: an interrupted run resumes here
             if point["loss"] > cfg.stop_loss:
                 break
         entry["done"] = True
-        write_json(out_path, res)
+        write_json(part_path, res)
+    if world > 1:  # merge every rank's groups into one file, written by rank 0
+        for part in distributed.all_gather_list([{n: e for n, e in res["layers"].items() if e["done"]}]):
+            _merge(res, {"layers": part})
+        res["evaluations"] = 1 + _evaluated_points(res)
+        if distributed.is_main():
+            write_json(out_path, res)
+        distributed.barrier()
+        part_path.unlink(missing_ok=True)
     return res
+
+
+def _load_matching(path: Path, fp: str, cfg: SensitivityConfig) -> dict | None:
+    """The analysis stored at ``path`` if it is of these weights and this config, else None."""
+    res = read_json(path) if path.is_file() else None
+    return res if res and res.get("fingerprint") == fp and res.get("config") == cfg.to_dict() else None
+
+
+def _merge(res: dict, other: dict | None) -> None:
+    """Take ``other``'s entry for a group where it is further along (done, or more points)."""
+    if not other:
+        return
+    if res.get("base_metric") is None and other.get("base_metric") is not None:
+        res["base_metric"] = other["base_metric"]
+    for name, e in other.get("layers", {}).items():
+        mine = res["layers"].get(name)
+        if mine is not None and (e["done"], len(e["points"])) > (mine["done"], len(mine["points"])):
+            res["layers"][name] = e
+    res["evaluations"] = (1 if res.get("base_metric") is not None else 0) + _evaluated_points(res)
+
+
+def _evaluated_points(res: dict) -> int:
+    return sum(p.get("evaluated", True) for e in res["layers"].values() for p in e["points"])
 
 
 def loss_at(entry: dict, ratio: float) -> float | None:
