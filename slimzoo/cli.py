@@ -109,7 +109,8 @@ def cmd_train(args) -> None:
 
     task = _task(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      weight_decay=args.weight_decay, amp=args.amp, seed=args.seed, num_workers=args.workers)
+                      weight_decay=args.weight_decay, amp=args.amp, seed=args.seed, num_workers=args.workers,
+                      device=args.device)
     torch.manual_seed(cfg.seed)
     model = create_model(args.model, num_classes=task.num_classes, width_mult=args.width_mult, weights=args.weights)
     if args.backbone_weights:
@@ -121,7 +122,7 @@ def cmd_train(args) -> None:
         print(f"backbone initialised from {src} ({n} tensors)")
     out = Path(args.out)
     model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt")
-    metrics = task.evaluate(_torch_predictor(model), progress=True)
+    metrics = task.evaluate(_torch_predictor(model, args.device), progress=True)
     from . import distributed
 
     if distributed.is_main():  # under torchrun, rank 0 writes
@@ -134,10 +135,10 @@ def cmd_train(args) -> None:
     distributed.barrier()
 
 
-def _torch_predictor(model):
+def _torch_predictor(model, device: str = "cpu"):
     from .runtime import TorchPredictor
 
-    return TorchPredictor(model)
+    return TorchPredictor(model, device)
 
 
 def cmd_eval(args) -> None:
@@ -145,7 +146,7 @@ def cmd_eval(args) -> None:
 
     task = _task(args)
     predictor = onnx_predictor(args.onnx, args.runtime, threads=args.threads) if args.onnx else _torch_predictor(
-        _model(args, task.num_classes))
+        _model(args, task.num_classes), args.device)
     metrics = task.evaluate(predictor, progress=True)
     print(json.dumps(metrics, indent=2))
 
@@ -273,7 +274,7 @@ def cmd_prune(args) -> None:
                                   "method": "uniform" if args.uniform else "sensitivity", "round_to": args.round_to,
                                   "sensitivity": _sensitivity_config(args, file_cfg)})
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp, seed=args.seed,
-                       num_workers=args.workers, warmup_epochs=0.1)
+                       num_workers=args.workers, warmup_epochs=0.1, device=args.device)
     base = read_json(Path(args.checkpoint) / "config.json") if args.checkpoint else {}
     pruned, info = prune_and_finetune(
         model, task, pcfg, tcfg, out, sensitivity_path=sens_path,
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
         sp.add_argument("--skip-bad-samples", action="store_true",
                         help="skip unreadable images (counted) instead of stopping")
+        sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where PyTorch trains and "
+                        "evaluates (ONNX files always run in their runtime on the CPU)")
         sp.add_argument("--eval-size", help="segmentation: resize evaluation images to HxW (default: their own "
                         "size); predictions are upsampled to the label's size")
 

@@ -16,12 +16,18 @@ from .errors import CheckpointError
 class TorchPredictor:
     """Call a PyTorch module in eval mode without gradients."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model.eval()
+    def __init__(self, model: nn.Module, device: str = "cpu"):
+        from .training import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor):
-        return self.model(images)
+        out = self.model(images.to(self.device))
+        if self.device.type == "cpu":
+            return out
+        return out.cpu() if isinstance(out, torch.Tensor) else type(out)(o.cpu() for o in out)
 
 
 def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | None = None):

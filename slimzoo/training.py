@@ -37,6 +37,7 @@ class TrainConfig:
     channels_last: bool = True
     seed: int = 0
     num_workers: int = 1
+    device: str = "cpu"  # "cuda" or "cuda:N" on a GPU machine (torchrun: each rank its LOCAL_RANK's GPU)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
@@ -49,7 +50,10 @@ class TrainConfig:
         return cfg
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["device"] == "cpu":  # where it ran is not a training setting: keeps results keyed as before
+            del d["device"]
+        return d
 
 
 def seed_everything(seed: int) -> None:
@@ -105,13 +109,15 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
         start = int(st["epoch"])
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     from . import distributed
 
+    device = resolve_device(cfg.device)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     net = model
     if distributed.active():  # torchrun: gradients averaged across ranks, each rank on its own data shard
-        net = nn.parallel.DistributedDataParallel(model, device_ids=None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         progress = progress and distributed.is_main()
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # same batches whether or not we resumed
@@ -126,9 +132,10 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
                 break
             if on_step:
                 on_step(epoch * steps_per_epoch + step, total_steps)
+            images, targets = to_device(images, device), to_device(targets, device)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 out = net(images)
             loss = loss_fn(_to_float(out), targets)
             if not torch.isfinite(loss):
@@ -148,7 +155,35 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         distributed.barrier()
         if on_epoch_end:
             on_epoch_end(epoch, model)
-    return model.to(memory_format=torch.contiguous_format).eval()
+    return model.to(memory_format=torch.contiguous_format).to("cpu").eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``cuda`` means this rank's GPU (LOCAL_RANK)."""
+    import os
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available here")
+        if name == "cuda":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return torch.device(name)
+
+
+def to_device(x, device: torch.device):
+    """Tensors (also inside lists, tuples and dicts, such as detection targets) moved to ``device``."""
+    if device.type == "cpu":
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
 
 
 def _to_float(out):

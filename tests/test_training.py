@@ -42,3 +42,30 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, synth_cls):
 def test_train_config_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown training setting"):
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+
+
+def test_cuda_device_is_a_clear_error_without_a_gpu_and_cpu_keeps_result_keys():
+    from slimzoo.errors import ConfigError
+    from slimzoo.training import TrainConfig, resolve_device
+
+    assert "device" not in TrainConfig().to_dict()  # where it runs does not change the zoo's result keys
+    assert TrainConfig(device="cuda:1").to_dict()["device"] == "cuda:1"
+    with pytest.raises(ConfigError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_training_and_evaluation_on_a_gpu(synth_cls):
+    from slimzoo.models import create_model
+    from slimzoo.runtime import TorchPredictor
+    from slimzoo.tasks import get_task
+    from slimzoo.training import TrainConfig, fit
+
+    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
+    model = fit(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), task.train_loader(), task.loss_fn,
+                TrainConfig(epochs=1, batch_size=16, device="cuda"), progress=False)
+    assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU, ready to export
+    assert task.evaluate(TorchPredictor(model, "cuda"))["num_images"] == 48
