@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(sp, need_data=True):
-        sp.add_argument("--data", required=need_data, help="dataset folder: classification (list format or folder per class), "
+        sp.add_argument("--data", required=need_data,
+                        help="dataset folder: classification (list format or folder per class), "
                         "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
         sp.add_argument("--image-size", type=int, default=224, help="train/eval resolution (default 224)")
         sp.add_argument("--batch-size", type=int, default=64)
@@ -423,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
     sp.add_argument("--bias-correction", action="store_true",
                     help="correct each layer's mean output shift caused by quantization")
-    sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
+    sp.add_argument("--keep-fp32", nargs="*",
+                    help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
     sp.add_argument("--analyze", action="store_true",
                     help="per-layer analysis: SQNR and metric change with only that layer INT8 "

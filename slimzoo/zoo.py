@@ -148,6 +148,7 @@ class Zoo:
         self.recipes = load_recipes(self.recipes_dir)
         self.profile = load_profile(self.profile_name, self.recipes_dir)
         self._results: dict[str, dict] = {}
+        self._forced: set[str] = set()
 
     # -- pieces -----------------------------------------------------------------------------------
     def recipe(self, row_id: str) -> dict:
@@ -280,7 +281,8 @@ class Zoo:
         if row_id in self._results:
             return self._results[row_id]
         r = self.recipe(row_id)
-        base_res = self.run_row(r["base"], force=False) if r.get("base") else None
+        base = r.get("base")
+        base_res = self.run_row(base, force=base in self._forced) if base else None
         key = self._row_key(r, base_res["recipe_hash"] if base_res else None)
         row_file = self.out / "rows" / f"{row_id}.json"
         if not force and row_file.is_file():
@@ -402,8 +404,9 @@ class Zoo:
         from .runtime import available_runtimes
 
         if "openvino" in bench.get("runtimes", ["onnxruntime", "openvino"]) and "openvino" in available_runtimes():
-            ov = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2))),
-                                   warmup=bench.get("warmup", 5), runs=bench.get("runs", 30), runtime="openvino")
+            ov = benchmark_latency(path, (1, 3, bench_size, bench_size),
+                                   threads=tuple(bench.get("openvino_threads", (1, 2))), warmup=bench.get("warmup", 5),
+                                   runs=bench.get("runs", 30), runtime="openvino")
             extra["latency_ms_openvino"] = {k: v["median"] for k, v in ov.items()}
         return {"id": r["id"], "task": r["task"], "model": r["model"], "dataset": r["dataset"],
                 "strategy": r["strategy"], "base": r.get("base"),
@@ -443,8 +446,9 @@ class Zoo:
         """Run ``rows`` (default: all), then write ``results.json``, ``ZOO.md`` and ``report.html`` from every
         finished row."""
         t0 = time.time()
+        self._forced = set(rows or self.recipes) if force else set()  # also when reached as another row's base
         for row_id in rows or list(self.recipes):
-            self.run_row(row_id, force=force and (not rows or row_id in rows))
+            self.run_row(row_id, force=row_id in self._forced)
         results = [res for i in self.recipes if (res := self.finished_row(i)) is not None]  # rows of earlier runs too
         first = {}
         for r in results:
@@ -536,7 +540,9 @@ def _fmt_ref(ref: dict | None) -> tuple[str, str, str]:
     if not ref:
         return "-", "-", "-"
     metric = f"{ref['metric']:.2f}" + (f" ({ref['delta']:+.2f})" if "delta" in ref else "")
-    size = f"{ref['size_mb']:g} MB" + (f" ({ref['size_mb'] / ref['base_size_mb']:.2f}x)" if "base_size_mb" in ref else "")
+    size = f"{ref['size_mb']:g} MB"
+    if "base_size_mb" in ref:
+        size += f" ({ref['size_mb'] / ref['base_size_mb']:.2f}x)"
     speed = "-"
     if ref.get("latency_ms") and ref.get("base_latency_ms"):
         speed = f"{ref['base_latency_ms'] / ref['latency_ms']:.2f}x"
@@ -582,7 +588,8 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
                 o = r.get("latency_ms_openvino")
                 ov = (" / ".join(f"{o[k]:.2f}" for k in sorted(o, key=int)) if o else "-") + " | "
             lines.append(f"| {r['model']} | {label} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
-                         f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {ov}{r['flops'] / 1e9:.3f} | "
+                         f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {ov}"
+                         f"{r['flops'] / 1e9:.3f} | "
                          f"{r['params'] / 1e6:.2f} | {r['eval_size'][0]}x{r['eval_size'][1]} | "
                          f"{r['input_size'][0]}x{r['input_size'][1]} | {ref_metric} | {ref_size} | {ref_speed} |")
         lines.append("")

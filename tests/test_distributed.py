@@ -19,7 +19,8 @@ def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
     one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--batch-size", "32",
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli", *common,
+    launch = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli"]
+    two = subprocess.run([*launch, *common,
                           "--batch-size", "16", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, _errors(two.stderr)
@@ -36,7 +37,8 @@ def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
           "--checkpoint", str(tmp_path / "one")]
     e1 = subprocess.run([sys.executable, "-m", "slimzoo.cli", *ev], capture_output=True, text=True, timeout=600,
                         env=env)
-    e2 = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli", *ev],
+    launch[4] = str(_free_port())
+    e2 = subprocess.run([*launch, *ev],
                         capture_output=True, text=True, timeout=600, env=env)
     assert e1.returncode == 0 and e2.returncode == 0, _errors(e2.stderr)
     m1 = json.loads(e1.stdout)

@@ -89,7 +89,8 @@ def test_render_zoo_md_signs_deltas_and_compares_with_the_reference():
             "latency_ms": {"1": 5.0, "2": 3.0, "4": 2.0}, "flops": 1e9, "params": 1e6, "eval_size": [64, 64],
             "input_size": [224, 224]}
     row = base | {"id": "cls-m-quant", "strategy": "quant", "base": "cls-m-none", "size_mb": 1.0,
-                  "metric": {"name": "top1", "value": 80.0, "delta": -0.5}, "latency_ms": {"1": 2.0, "2": 1.5, "4": 1.2}}
+                  "metric": {"name": "top1", "value": 80.0, "delta": -0.5},
+                  "latency_ms": {"1": 2.0, "2": 1.5, "4": 1.2}}
     ref = {"cls-m-quant": {"metric": 70.18, "delta": -0.81, "size_mb": 4.4, "base_size_mb": 17, "latency_ms": 56.53,
                            "base_latency_ms": 88.50}}
     md = render_zoo_md([base, row], {"profile": "x", "machine": {}}, ref)

@@ -1,4 +1,4 @@
-"""report.html: rendered from a small results file, opened in headless Chromium, checked for visible tables and plots."""
+"""report.html: rendered from a small results file, opened in headless Chromium; tables and plots must show."""
 import re
 import shutil
 

@@ -123,7 +123,7 @@ class YOLOv3(nn.Module):
         """The three raw maps ``[N, 3 * (5 + C), H, W]`` at strides 32, 16, 8."""
         c3, c4, c5 = self.backbone(x)
         outs = []
-        y = c5
+        y, route = c5, None
         for i, lateral in enumerate((None, c4, c3)):
             if lateral is not None:
                 y = torch.cat([self.upsample(self.routes[i - 1](route)), lateral], dim=1)

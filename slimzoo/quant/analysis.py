@@ -90,7 +90,8 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
                           leave=False):
             plan = _only_layer_plan(model, layer)
             path = write_qdq(model, plan, _sub_qparams(full, full_plan, plan), Path(d) / "one.onnx")
-            layers.append({"name": layer, "module": full_plan.modules[layer], "op": ops[layer], "sqnr_db": round(_sqnr_db(ref, _outputs(path, batches)), 3),
+            sqnr = round(_sqnr_db(ref, _outputs(path, batches)), 3)
+            layers.append({"name": layer, "module": full_plan.modules[layer], "op": ops[layer], "sqnr_db": sqnr,
                            "metric_delta": round(evaluate(path) - fp32_metric, 4) if evaluate else None})
     return {"fp32_metric": fp32_metric, "int8_metric": int8_metric, "calibration": cfg.calibration,
             "layers": layers}

@@ -156,7 +156,8 @@ def voc_map(gt: list[dict], dets: list[dict], num_classes: int, iou_thresh: floa
                 ix = np.clip(np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]), 0, None)
                 iy = np.clip(np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]), 0, None)
                 inter = ix * iy
-                union = (b[2] - b[0]) * (b[3] - b[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                union = (b[2] - b[0]) * (b[3] - b[1]) + areas - inter
                 iou = inter / np.maximum(union, 1e-12)
                 j = int(iou.argmax())
                 if iou[j] >= iou_thresh:
