@@ -115,7 +115,9 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
         res["evaluations"] = 1 + _evaluated_points(res)
         write_json(part_path, res)
     base = res["base_metric"]
-    todo = [g for g in groups if not res["layers"][g.name]["done"]][rank::world]  # under torchrun: a share each
+    # under torchrun each rank owns every world-th group (fixed by position, not by what is left, so ranks that
+    # start at different times, or read each other's finished parts, still split the same way)
+    todo = [g for i, g in enumerate(groups) if i % world == rank and not res["layers"][g.name]["done"]]
     bar = tqdm(todo, desc="sensitivity", disable=None if progress and distributed.is_main() else True)
     for g in bar:
         entry = res["layers"][g.name]
