@@ -192,3 +192,21 @@ def test_prune_api_and_config(tmp_path):
         PruneConfig.from_dict({"flops": 0.5})
     with pytest.raises(ConfigError, match="flops_reduction"):
         PruneConfig.from_dict({"flops_reduction": 1.5})
+
+
+def test_a_late_rank_still_takes_its_whole_share_of_the_sensitivity_groups(tmp_path, monkeypatch):
+    from slimzoo import distributed
+
+    m = _model()
+    cfg = SensitivityConfig(stop_loss=1.0)
+    out = tmp_path / "s.json"
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "all_gather_list", lambda items: items)  # no partner to gather from
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)  # rank 0 finishes first and writes what it has
+    first = analyze_sensitivity(m, X, CountingEval(m), out, cfg, progress=False)
+    names = list(first["layers"])
+    assert [first["layers"][n]["done"] for n in names] == [i % 2 == 0 for i in range(len(names))]
+    monkeypatch.setattr(distributed, "rank", lambda: 1)  # rank 1 starts late and reads rank 0's finished groups
+    second = analyze_sensitivity(m, X, CountingEval(m), out, cfg, progress=False)
+    assert all(e["done"] for e in second["layers"].values())  # its whole share, not half of what was left
