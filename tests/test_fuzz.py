@@ -132,23 +132,8 @@ def _mutated_coco(draw):
     return doc
 
 
-@FUZZ
-@given(doc=_mutated_coco())
-def test_fuzz_coco_json(doc):
-    from slimzoo.data.detection import load_coco
-
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d)
-        (root / "val2017").mkdir()
-        ann = root / "annotations" / "instances_val2017.json"
-        ann.parent.mkdir()
-        ann.write_text(json.dumps(doc))
-        _loads_or_clear_error(load_coco, root, "val")
-
-
-@FUZZ
-@given(raw=st.binary(max_size=200))
-def test_fuzz_coco_bytes(raw):
+def _load_coco_annotation(raw: bytes, where: bool = False) -> None:
+    """Write ``raw`` as a COCO split's instances file and load it (the error must name that file if ``where``)."""
     from slimzoo.data.detection import load_coco
 
     with tempfile.TemporaryDirectory() as d:
@@ -157,7 +142,19 @@ def test_fuzz_coco_bytes(raw):
         ann = root / "annotations" / "instances_val2017.json"
         ann.parent.mkdir()
         ann.write_bytes(raw)
-        _loads_or_clear_error(load_coco, root, "val", where=str(ann))
+        _loads_or_clear_error(load_coco, root, "val", where=str(ann) if where else None)
+
+
+@FUZZ
+@given(doc=_mutated_coco())
+def test_fuzz_coco_json(doc):
+    _load_coco_annotation(json.dumps(doc).encode())
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200))
+def test_fuzz_coco_bytes(raw):
+    _load_coco_annotation(raw, where=True)
 
 
 # -- VOC XML: a valid file, then text-level mutations -------------------------------------------------
