@@ -282,8 +282,12 @@ def cmd_prune(args) -> None:
                 "width_mult": base.get("width_mult", args.width_mult), "image_size": args.image_size,
                 "classes": task.classes})
     metrics = task.evaluate(TorchPredictor(pruned), progress=True)
-    write_json(out / "config.json", {**read_json(out / "config.json"), "val_metrics": metrics})
-    print(json.dumps({"checkpoint": str(out), **info, **metrics}, indent=2))
+    from . import distributed
+
+    if distributed.is_main():
+        write_json(out / "config.json", {**read_json(out / "config.json"), "val_metrics": metrics,
+                                         "world_size": distributed.world_size()})
+        print(json.dumps({"checkpoint": str(out), **info, **metrics}, indent=2))
 
 
 def cmd_bench(args) -> None:
@@ -522,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("train", "eval", "sensitivity"):  # under torchrun: join the process group
+        if args.command in ("train", "eval", "sensitivity", "prune"):  # under torchrun: join the process group
             from . import distributed
 
             distributed.init()

@@ -97,3 +97,30 @@ def test_sensitivity_split_over_two_ranks_equals_one_process(tmp_path, synth_cls
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert a["layers"] == b["layers"] and a["evaluations"] == b["evaluations"]  # one merged file, same points
     assert not list(tmp_path.glob("two.rank*.json"))  # the per-rank parts are merged and removed
+
+
+def test_prune_and_fine_tune_under_torchrun(tmp_path, synth_cls):
+    from slimzoo.checkpoint import load_checkpoint, save_checkpoint
+    from slimzoo.models import create_model
+
+    torch_ = pytest.importorskip("torch")
+    torch_.manual_seed(0)
+    ck = tmp_path / "ck"
+    save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), ck,
+                    {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25, "image_size": 32})
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
+    common = ["prune", "--data", str(synth_cls), "--checkpoint", str(ck), "--image-size", "32", "--batch-size", "16",
+              "--workers", "0", "--flops-reduction", "0.4", "--uniform", "--epochs", "1"]
+    one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
+                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600,
+                         env=env)
+    assert two.returncode == 0, _errors(two.stderr)
+    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("one", "two"))
+    assert b["world_size"] == 2 and a["pruning"] == b["pruning"]  # the same channels removed on every rank
+    assert b["val_metrics"]["num_images"] == 48
+    model, _ = load_checkpoint(tmp_path / "two")  # the pruned, fine-tuned checkpoint rank 0 wrote loads
+    assert model(torch_.randn(1, 3, 32, 32)).shape == (1, 10)

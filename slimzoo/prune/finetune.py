@@ -17,6 +17,7 @@ def prune_and_finetune(model: nn.Module, task, pcfg: PruneConfig, tcfg, out_dir:
     The checkpoint's ``config.json`` is ``config`` plus the fine-tuning settings, a pruning summary
     (``prune_info``) and the replayable ``pruning`` record. Returns (model, prune_info).
     """
+    from .. import distributed
     from ..checkpoint import save_checkpoint
     from ..runtime import TorchPredictor
     from ..storage import read_json
@@ -28,7 +29,8 @@ def prune_and_finetune(model: nn.Module, task, pcfg: PruneConfig, tcfg, out_dir:
                               evaluate=lambda m: task.evaluate(TorchPredictor(m), limit=limit)[task.metric],
                               metric_name=task.metric, progress=progress)
     if pcfg.method == "sensitivity":
-        plot_sensitivity(read_json(sensitivity_path), sensitivity_path.with_suffix(".png"))
+        if distributed.is_main():
+            plot_sensitivity(read_json(sensitivity_path), sensitivity_path.with_suffix(".png"))
         info["sensitivity_file"] = str(sensitivity_path)
     info["metric_before_finetune"] = round(task.evaluate(TorchPredictor(pruned))[task.metric], 3)
     print(f"{log_prefix}FLOPs -{info['flops_reduction']:.1%}, params -{info['params_reduction']:.1%}; "
@@ -39,7 +41,9 @@ def prune_and_finetune(model: nn.Module, task, pcfg: PruneConfig, tcfg, out_dir:
         torch.manual_seed(tcfg.seed)
         pruned = fit(pruned, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
                      progress=progress)
-    save_checkpoint(pruned, out_dir, {**config, "finetune": tcfg.to_dict(), "prune_info": info,
-                                      "pruning": rec.to_dict()})
-    state.unlink(missing_ok=True)
+    if distributed.is_main():  # under torchrun every rank prunes the same way and fine-tunes together; rank 0 writes
+        save_checkpoint(pruned, out_dir, {**config, "finetune": tcfg.to_dict(), "prune_info": info,
+                                          "pruning": rec.to_dict()})
+        state.unlink(missing_ok=True)
+    distributed.barrier()
     return pruned.eval(), info
