@@ -1,49 +1,59 @@
-"""Training under torchrun (2 processes, gloo on CPU) matches a single-process run with the same global batch."""
+"""Under torchrun (2 processes, gloo on CPU): training, evaluation, sensitivity analysis and pruning against the
+same commands in a single process."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
+import torch
+
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
+pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 
 
-@pytest.mark.skipif(not shutil.which("torchrun") and not os.path.exists(os.path.join(os.path.dirname(sys.executable),
-                                                                                       "torchrun")),
-                    reason="torchrun not installed")
-def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    common = ["train", "--data", str(synth_cls), "--model", "mobilenet_v1", "--width-mult", "0.25",
-              "--image-size", "32", "--epochs", "2", "--workers", "0", "--lr", "0.005"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
-    one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--batch-size", "32",
-                          "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr
-    launch = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli"]
-    two = subprocess.run([*launch, *common,
-                          "--batch-size", "16", "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, _errors(two.stderr)
-    cfg1 = json.loads((tmp_path / "one" / "config.json").read_text())
-    cfg2 = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert cfg2["world_size"] == 2
-    # every validation image evaluated exactly once across the two ranks
-    assert cfg2["val_metrics"]["num_images"] == cfg1["val_metrics"]["num_images"] == 48
-    # same global batch (2 x 16 vs 32) and steps; data order, augmentation draws and per-rank batch-norm
-    # statistics differ, so the runs agree within a tolerance, not exactly
-    assert abs(cfg1["val_metrics"]["top1"] - cfg2["val_metrics"]["top1"]) <= 15
-    # evaluation: the validation set split over two ranks and reduced gives exactly the single-process figures
-    ev = ["eval", "--data", str(synth_cls), "--image-size", "32", "--workers", "0", "--batch-size", "8",
-          "--checkpoint", str(tmp_path / "one")]
-    e1 = subprocess.run([sys.executable, "-m", "slimzoo.cli", *ev], capture_output=True, text=True, timeout=600,
-                        env=env)
-    launch[4] = str(_free_port())
-    e2 = subprocess.run([*launch, *ev],
-                        capture_output=True, text=True, timeout=600, env=env)
-    assert e1.returncode == 0 and e2.returncode == 0, _errors(e2.stderr)
-    m1 = json.loads(e1.stdout)
-    m2 = [json.loads(t) for t in _json_objects(e2.stdout)]
-    assert len(m2) == 2 and all(m == m1 for m in m2)  # both ranks report the whole set's metrics
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _errors(stderr: str) -> str:
+    """The lines of a failed run's stderr that say what went wrong (each rank's, not only torchrun's summary)."""
+    lines = [ln for ln in stderr.splitlines() if any(w in ln for w in ("Error", "error", "terminate", "what()"))]
+    return "\n".join(lines[:40]) or stderr[-3000:]
+
+
+def _one(args: list[str]) -> subprocess.CompletedProcess:
+    """``slimzoo ARGS`` in one process; it must succeed."""
+    r = subprocess.run([sys.executable, "-m", "slimzoo.cli", *args], capture_output=True, text=True, timeout=600,
+                       env=ENV)
+    assert r.returncode == 0, _errors(r.stderr)
+    return r
+
+
+def _two(args: list[str]) -> subprocess.CompletedProcess:
+    """``slimzoo ARGS`` as two torchrun ranks; it must succeed."""
+    r = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
+                        *args], capture_output=True, text=True, timeout=600, env=ENV)
+    assert r.returncode == 0, _errors(r.stderr)
+    return r
+
+
+def _tiny_checkpoint(tmp_path):
+    from slimzoo.checkpoint import save_checkpoint
+    from slimzoo.models import create_model
+
+    torch.manual_seed(0)
+    return save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), tmp_path / "ck",
+                           {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25, "image_size": 32})
+
+
+def _config(path) -> dict:
+    return json.loads((path / "config.json").read_text())
 
 
 def _json_objects(text: str) -> list[str]:
@@ -60,67 +70,45 @@ def _json_objects(text: str) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _errors(stderr: str) -> str:
-    """The lines of a failed torchrun's stderr that say what went wrong (each rank's, not only the summary)."""
-    lines = [ln for ln in stderr.splitlines() if any(w in ln for w in ("Error", "error", "terminate", "what()"))]
-    return "\n".join(lines[:40]) or stderr[-3000:]
+def test_torchrun_two_processes_match_one(tmp_path, synth_cls):
+    common = ["train", "--data", str(synth_cls), "--model", "mobilenet_v1", "--width-mult", "0.25",
+              "--image-size", "32", "--epochs", "2", "--workers", "0", "--lr", "0.005"]
+    _one([*common, "--batch-size", "32", "--out", str(tmp_path / "one")])
+    _two([*common, "--batch-size", "16", "--out", str(tmp_path / "two")])
+    cfg1, cfg2 = _config(tmp_path / "one"), _config(tmp_path / "two")
+    assert cfg2["world_size"] == 2
+    # every validation image evaluated exactly once across the two ranks
+    assert cfg2["val_metrics"]["num_images"] == cfg1["val_metrics"]["num_images"] == 48
+    # same global batch (2 x 16 vs 32) and steps; data order, augmentation draws and per-rank batch-norm
+    # statistics differ, so the runs agree within a tolerance, not exactly
+    assert abs(cfg1["val_metrics"]["top1"] - cfg2["val_metrics"]["top1"]) <= 15
+    # evaluation: the validation set split over two ranks and reduced gives exactly the single-process figures
+    ev = ["eval", "--data", str(synth_cls), "--image-size", "32", "--workers", "0", "--batch-size", "8",
+          "--checkpoint", str(tmp_path / "one")]
+    m1 = json.loads(_one(ev).stdout)
+    m2 = [json.loads(t) for t in _json_objects(_two(ev).stdout)]
+    assert len(m2) == 2 and all(m == m1 for m in m2)  # both ranks report the whole set's metrics
 
 
 def test_sensitivity_split_over_two_ranks_equals_one_process(tmp_path, synth_cls):
-    from slimzoo.checkpoint import save_checkpoint
-    from slimzoo.models import create_model
-
-    torch_ = pytest.importorskip("torch")
-    torch_.manual_seed(0)
-    ck = tmp_path / "ck"
-    save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), ck,
-                    {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25, "image_size": 32})
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
-    common = ["sensitivity", "--data", str(synth_cls), "--checkpoint", str(ck), "--image-size", "32",
-              "--eval-images", "48", "--workers", "0", "--stop-loss", "1.0"]
-    one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--out", str(tmp_path / "one.json")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
-                          *common, "--out", str(tmp_path / "two.json")], capture_output=True, text=True, timeout=600,
-                         env=env)
-    assert two.returncode == 0, _errors(two.stderr)
+    common = ["sensitivity", "--data", str(synth_cls), "--checkpoint", str(_tiny_checkpoint(tmp_path)),
+              "--image-size", "32", "--eval-images", "48", "--workers", "0", "--stop-loss", "1.0"]
+    _one([*common, "--out", str(tmp_path / "one.json")])
+    _two([*common, "--out", str(tmp_path / "two.json")])
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert a["layers"] == b["layers"] and a["evaluations"] == b["evaluations"]  # one merged file, same points
     assert not list(tmp_path.glob("two.rank*.json"))  # the per-rank parts are merged and removed
 
 
 def test_prune_and_fine_tune_under_torchrun(tmp_path, synth_cls):
-    from slimzoo.checkpoint import load_checkpoint, save_checkpoint
-    from slimzoo.models import create_model
+    from slimzoo.checkpoint import load_checkpoint
 
-    torch_ = pytest.importorskip("torch")
-    torch_.manual_seed(0)
-    ck = tmp_path / "ck"
-    save_checkpoint(create_model("mobilenet_v1", num_classes=10, width_mult=0.25), ck,
-                    {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25, "image_size": 32})
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
-    common = ["prune", "--data", str(synth_cls), "--checkpoint", str(ck), "--image-size", "32", "--batch-size", "16",
-              "--workers", "0", "--flops-reduction", "0.4", "--uniform", "--epochs", "1"]
-    one = subprocess.run([sys.executable, "-m", "slimzoo.cli", *common, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
-                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600,
-                         env=env)
-    assert two.returncode == 0, _errors(two.stderr)
-    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("one", "two"))
+    common = ["prune", "--data", str(synth_cls), "--checkpoint", str(_tiny_checkpoint(tmp_path)), "--image-size", "32",
+              "--batch-size", "16", "--workers", "0", "--flops-reduction", "0.4", "--uniform", "--epochs", "1"]
+    _one([*common, "--out", str(tmp_path / "one")])
+    _two([*common, "--out", str(tmp_path / "two")])
+    a, b = _config(tmp_path / "one"), _config(tmp_path / "two")
     assert b["world_size"] == 2 and a["pruning"] == b["pruning"]  # the same channels removed on every rank
     assert b["val_metrics"]["num_images"] == 48
     model, _ = load_checkpoint(tmp_path / "two")  # the pruned, fine-tuned checkpoint rank 0 wrote loads
-    assert model(torch_.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
