@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .images import load_rgb, read_labels_txt
+from .images import SampleDataset, load_rgb, read_labels_txt
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,14 +74,8 @@ def scan_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list
     return samples, classes
 
 
-class ClassificationDataset(Dataset):
+class ClassificationDataset(SampleDataset):
     """Image classification samples read from disk; ``transform`` maps a PIL image to a tensor."""
-
-    def __init__(self, samples: list[Sample], classes: list[str], transform: Callable | None = None):
-        self.samples, self.classes, self.transform = samples, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int):
         s = self.samples[i]

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .classification import IMAGENET_MEAN, IMAGENET_STD
-from .images import load_rgb, read_labels_txt
+from .images import SampleDataset, load_rgb, read_labels_txt
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -238,14 +237,8 @@ def eval_transform(size: int):
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(SampleDataset):
     """Images streamed from disk with their boxes; ``transform`` sees (image, target) as tv_tensors."""
-
-    def __init__(self, samples: list[DetSample], classes: list[str], transform=None):
-        self.samples, self.classes, self.transform = samples, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int):
         from torchvision import tv_tensors

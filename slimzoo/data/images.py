@@ -1,9 +1,11 @@
 """Reading images from disk with errors that name the file."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 
@@ -36,3 +38,14 @@ def read_labels_txt(path: str | Path) -> list[str]:
     if len(set(names)) != len(names):
         raise DataError(f"{path}: duplicate class names")
     return names
+
+
+class SampleDataset(Dataset):
+    """A list of samples read from disk on demand, their class names and an optional transform
+    (each task's dataset adds ``__getitem__``)."""
+
+    def __init__(self, samples: list, classes: list[str], transform: Callable | None = None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)

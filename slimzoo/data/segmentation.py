@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .classification import IMAGENET_MEAN, IMAGENET_STD
-from .images import load_rgb, read_labels_txt
+from .images import SampleDataset, load_rgb, read_labels_txt
 
 IGNORE_INDEX = 255
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -160,14 +159,8 @@ class EvalTransform:
         return self.norm(F.to_dtype(image, torch.float32, scale=True)), label
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(SampleDataset):
     """(image, label) pairs streamed from disk; label is ``int64 [H, W]`` with 255 = ignore."""
-
-    def __init__(self, samples: list[SegSample], classes: list[str], transform=None):
-        self.samples, self.classes, self.transform = samples, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int):
         from torchvision.transforms.v2 import functional as F
