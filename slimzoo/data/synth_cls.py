@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..storage import write_text
+from ._parallel import map_ordered
 
 SHAPES = ("circle", "ellipse", "ring", "triangle", "square", "pentagon", "hexagon", "star", "cross",
           "crescent")
@@ -153,6 +154,13 @@ def render(seed: int, index: int, size: int = 72) -> tuple[np.ndarray, int]:
     return np.clip(arr, 0, 255).astype(np.uint8), label
 
 
+def _write_one(job) -> int:
+    out, rel, seed, index, size = job
+    arr, label = render(seed, index, size)
+    Image.fromarray(arr).save(out / rel, quality=92)
+    return label
+
+
 def write_synth_cls(out: str | Path, *, num_train: int = 8000, num_val: int = 1000, size: int = 72,
                     seed: int = 0, progress: bool = True) -> Path:
     """Write the dataset to ``out`` in the list format; existing complete datasets are reused."""
@@ -164,12 +172,9 @@ def write_synth_cls(out: str | Path, *, num_train: int = 8000, num_val: int = 10
     write_text(out / "labels.txt", "\n".join(SHAPES) + "\n")
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
         (out / split).mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i in tqdm(range(n), desc=f"synth cls {split}", disable=None if progress else True,
-                      leave=False):
-            arr, label = render(split_seed, i, size)
-            rel = f"{split}/{i:06d}.jpg"
-            Image.fromarray(arr).save(out / rel, quality=92)
-            lines.append(f"{rel} {label}")
+        jobs = [(out, f"{split}/{i:06d}.jpg", split_seed, i, size) for i in range(n)]
+        labels = tqdm(map_ordered(_write_one, jobs), total=n, desc=f"synth cls {split}",
+                      disable=None if progress else True, leave=False)
+        lines = [f"{rel} {label}" for (_, rel, *_), label in zip(jobs, labels, strict=True)]
         write_text(out / f"{split}_list.txt", "\n".join(lines) + "\n")
     return out

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..storage import write_text
+from ._parallel import map_ordered
 from .synth_cls import _SS, _class_colour, _texture, background, shape_mask
 
 DET_CLASSES = ("circle", "triangle", "square", "star", "cross", "ring")
@@ -76,6 +77,13 @@ def _voc_xml(filename: str, size: int, boxes, labels) -> str:
             f"<height>{size}</height><depth>3</depth></size>\n{objs}</annotation>\n")
 
 
+def _write_one(job):
+    path, seed, index, size, max_objects = job
+    arr, boxes, labels = render_det(seed, index, size, max_objects)
+    Image.fromarray(arr).save(path, quality=92)
+    return boxes, labels
+
+
 def write_synth_det(out: str | Path, *, fmt: str = "coco", num_train: int = 2000, num_val: int = 500,
                     size: int = 128, max_objects: int = 5, seed: int = 0, progress: bool = True) -> Path:
     """Write the dataset to ``out`` as ``coco`` (COCO 2017 layout) or ``voc`` (PaddleX VOC lists).
@@ -98,11 +106,14 @@ def write_synth_det(out: str | Path, *, fmt: str = "coco", num_train: int = 2000
         write_text(out / "labels.txt", "\n".join(DET_CLASSES) + "\n")
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
         images, anns, lines = [], [], []
-        for i in tqdm(range(n), desc=f"synth det {split}", disable=None if progress else True, leave=False):
-            arr, boxes, labels = render_det(split_seed, i, size, max_objects)
-            name = f"{split}_{i:06d}"
+        names = [f"{split}_{i:06d}" for i in range(n)]
+        rels = [Path(f"{split}2017" if fmt == "coco" else "JPEGImages") / f"{name}.jpg" for name in names]
+        (out / (f"{split}2017" if fmt == "coco" else "JPEGImages")).mkdir(parents=True, exist_ok=True)
+        jobs = [(out / rel, split_seed, i, size, max_objects) for i, rel in enumerate(rels)]
+        drawn = tqdm(map_ordered(_write_one, jobs), total=n, desc=f"synth det {split}",
+                     disable=None if progress else True, leave=False)
+        for i, (name, rel, (boxes, labels)) in enumerate(zip(names, rels, drawn, strict=True)):
             if fmt == "coco":
-                rel = Path(f"{split}2017") / f"{name}.jpg"
                 images.append({"id": i + 1, "file_name": rel.name, "width": size, "height": size})
                 for b, c in zip(boxes, labels, strict=True):
                     w, h = b[2] - b[0], b[3] - b[1]
@@ -110,11 +121,8 @@ def write_synth_det(out: str | Path, *, fmt: str = "coco", num_train: int = 2000
                                  "bbox": [round(b[0], 2), round(b[1], 2), round(w, 2), round(h, 2)],
                                  "area": round(w * h, 2), "iscrowd": 0})
             else:
-                rel = Path("JPEGImages") / f"{name}.jpg"
                 write_text(out / "Annotations" / f"{name}.xml", _voc_xml(rel.name, size, boxes, labels))
                 lines.append(f"{rel.as_posix()} Annotations/{name}.xml")
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(out / rel, quality=92)
         if fmt == "coco":
             cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(DET_CLASSES)]
             write_text(out / "annotations" / f"instances_{split}2017.json",

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..storage import write_text
+from ._parallel import map_ordered
 
 SEG_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "pole", "car", "person")
 IGNORE = 255
@@ -194,6 +195,13 @@ def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tu
     return np.clip(arr, 0, 255).astype(np.uint8), np.ascontiguousarray(lab)
 
 
+def _write_one(job) -> None:
+    image_path, label_path, seed, index, width, height = job
+    arr, lab = render_seg(seed, index, width, height)
+    Image.fromarray(arr).save(image_path)
+    Image.fromarray(lab).save(label_path)
+
+
 def write_synth_seg(out: str | Path, *, fmt: str = "paddleseg", num_train: int = 1000, num_val: int = 200,
                     width: int = 256, height: int = 128, seed: int = 0, progress: bool = True) -> Path:
     """Write the dataset to ``out`` as ``paddleseg`` (lists + ``labels.txt``) or ``cityscapes`` (folder layout).
@@ -215,19 +223,21 @@ def write_synth_seg(out: str | Path, *, fmt: str = "paddleseg", num_train: int =
         return out
     write_text(out / "labels.txt", "\n".join(SEG_CLASSES) + "\n")
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
-        lines = []
-        for i in tqdm(range(n), desc=f"synth seg {split}", disable=None if progress else True, leave=False):
-            arr, lab = render_seg(split_seed, i, width, height)
+        rels = []
+        for i in range(n):
             if fmt == "paddleseg":
-                img_rel, lab_rel = Path("images") / f"{split}_{i:06d}.png", Path("labels") / f"{split}_{i:06d}.png"
+                rels.append((Path("images") / f"{split}_{i:06d}.png", Path("labels") / f"{split}_{i:06d}.png"))
             else:
                 stem = f"synth_{split}_{i:06d}"
-                img_rel = Path("leftImg8bit") / split / "synth" / f"{stem}_leftImg8bit.png"
-                lab_rel = Path("gtFine") / split / "synth" / f"{stem}_gtFine_labelTrainIds.png"
-            for rel, a in ((img_rel, arr), (lab_rel, lab)):
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(a).save(out / rel)
-            lines.append(f"{img_rel.as_posix()} {lab_rel.as_posix()}")
+                rels.append((Path("leftImg8bit") / split / "synth" / f"{stem}_leftImg8bit.png",
+                             Path("gtFine") / split / "synth" / f"{stem}_gtFine_labelTrainIds.png"))
+        for folder in {(out / r).parent for pair in rels for r in pair}:
+            folder.mkdir(parents=True, exist_ok=True)
+        jobs = [(out / img, out / lab, split_seed, i, width, height) for i, (img, lab) in enumerate(rels)]
+        for _ in tqdm(map_ordered(_write_one, jobs), total=n, desc=f"synth seg {split}",
+                      disable=None if progress else True, leave=False):
+            pass
+        lines = [f"{img_rel.as_posix()} {lab_rel.as_posix()}" for img_rel, lab_rel in rels]
         if fmt == "paddleseg":
             write_text(out / f"{split}_list.txt", "\n".join(lines) + "\n")
     if fmt == "cityscapes":
