@@ -45,25 +45,36 @@ def _runner(path, runtime: str, threads: int, x: np.ndarray):
 
 
 def benchmark_latency(path: str | Path, input_shape: tuple[int, ...], *, threads=(1, 2, 4), warmup: int = 5,
-                      runs: int = 30, seed: int = 0, runtime: str = "onnxruntime") -> dict[str, dict[str, float]]:
+                      runs: int = 30, seed: int = 0, runtime: str = "onnxruntime", min_runs: int | None = None,
+                      max_seconds: float | None = None) -> dict[str, dict[str, float]]:
     """Latency (ms) of one inference call on a fixed input, per thread count, in ``runtime``.
 
     The timed region is the runtime call alone (ONNX Runtime ``session.run`` or OpenVINO
-    ``infer``; no pre/post-processing). Returns ``{"1": {"median": .., "p90": ..}, ...}``.
+    ``infer``; no pre/post-processing). Returns ``{"1": {"median": .., "p90": .., "runs": n}, ...}``.
+    With ``max_seconds``, timing at one thread count stops once that much time is spent and at least
+    ``min_runs`` (default: all ``runs``) calls were timed; warm-up stops after ``max_seconds / 5``
+    (at least one call), so slow models do not spend minutes on a median that has settled.
     """
     x = np.random.default_rng(seed).standard_normal(input_shape).astype(np.float32)
+    min_runs = runs if min_runs is None else min(min_runs, runs)
     out = {}
     for t in threads:
         run = _runner(path, runtime, t, x)
+        start = time.perf_counter()
         for _ in range(warmup):
             run()
+            if max_seconds is not None and time.perf_counter() - start > max_seconds / 5:
+                break
         times = []
-        for _ in range(runs):
+        start = time.perf_counter()
+        for i in range(runs):
+            if max_seconds is not None and i >= min_runs and time.perf_counter() - start > max_seconds:
+                break
             t0 = time.perf_counter()
             run()
             times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
         out[str(t)] = {"median": round(statistics.median(times), 3),
-                       "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
+                       "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3), "runs": len(times)}
         del run
     return out

@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
         sp.add_argument("--image-size", type=int, default=224, help="train/eval resolution (default 224)")
         sp.add_argument("--batch-size", type=int, default=64)
-        sp.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+        sp.add_argument("--workers", type=int, default=None,
+                            help="DataLoader worker processes (default: 0 on machines with 2 or fewer CPUs, "
+                                 "where loading in the training process is faster, else up to 4)")
         sp.add_argument("--skip-bad-samples", action="store_true",
                         help="skip unreadable images (counted) instead of stopping")
         sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where PyTorch trains and "

@@ -36,7 +36,7 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast on the CPU (fast on AMX machines)
     channels_last: bool = True
     seed: int = 0
-    num_workers: int = 1
+    num_workers: int | None = None  # DataLoader workers; None: 0 with 2 or fewer CPUs, else up to 4
     device: str = "cpu"  # "cuda" or "cuda:N" on a GPU machine (torchrun: each rank its LOCAL_RANK's GPU)
 
     @classmethod
@@ -120,7 +120,7 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         progress = progress and distributed.is_main()
     for epoch in range(start, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # same batches whether or not we resumed
+        seed_everything(cfg.seed * 1000 + epoch)  # same batches and augmentations whether or not we resumed
         if hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,17 @@ class Zoo:
         self.profile = load_profile(self.profile_name, self.recipes_dir)
         self._results: dict[str, dict] = {}
         self._forced: set[str] = set()
+        self._stages: list[dict[str, float]] = []  # seconds per stage of the rows being computed (innermost last)
+
+    @contextmanager
+    def _stage(self, name: str):
+        """Adds the time spent in the block to stage ``name`` of the row being computed."""
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            if self._stages:
+                self._stages[-1][name] = self._stages[-1].get(name, 0.0) + time.time() - t0
 
     # -- pieces -----------------------------------------------------------------------------------
     def recipe(self, row_id: str) -> dict:
@@ -166,6 +178,10 @@ class Zoo:
             raise ConfigError(f"dataset {name!r} has no synthetic spec in profile {self.profile_name!r}; "
                               f"pass --data-root {name}=PATH")
         root = self.out / "data" / f"{name}-{_hash(spec)}"
+        with self._stage("data"):
+            return self._synthesize(name, root, spec)
+
+    def _synthesize(self, name: str, root: Path, spec: dict) -> Path:
         if name.startswith("synth-cls"):
             from .data.synth_cls import write_synth_cls
 
@@ -186,7 +202,8 @@ class Zoo:
         from .tasks import get_task
 
         return get_task(r["task"], data_root=self.dataset_root(r["dataset"]), image_size=r["image_size"],
-                        batch_size=r.get("train", {}).get("batch_size", 64))
+                        batch_size=r.get("train", {}).get("batch_size", 64),
+                        num_workers=r.get("train", {}).get("num_workers"))
 
     def baseline(self, row_id: str):
         """The trained FP32 model of a ``none`` row (trained now if needed) and its task."""
@@ -224,8 +241,9 @@ class Zoo:
             print(f"[{row_id}] backbone initialised from {r['backbone_from']} ({n} tensors)", flush=True)
         state = ckpt / f"train_state-{key}.pt"
         print(f"[{row_id}] training {r['model']} on {r['dataset']} for {tcfg.epochs} epochs", flush=True)
-        model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
-                    progress=self.progress)
+        with self._stage("train"):
+            model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
+                        progress=self.progress)
         save_checkpoint(model, ckpt, {"model": r["model"], "num_classes": task.num_classes,
                                       "width_mult": r.get("width_mult", 1.0), "image_size": r["image_size"],
                                       "classes": task.classes, "train": tcfg.to_dict(), "key": key})
@@ -268,11 +286,12 @@ class Zoo:
         sens_path = (self.out / "models" / r["base"] /
                      f"sensitivity-{_hash(pcfg.sensitivity.to_dict() | {'size': r['image_size']})}.json")
         print(f"[{row_id}] pruning {r['model']}: -{pcfg.flops_reduction:.0%} FLOPs, {pcfg.method} ratios", flush=True)
-        model, _ = prune_and_finetune(
-            base_model, task, pcfg, tcfg, ckpt, sensitivity_path=sens_path, state_name=f"finetune_state-{key}.pt",
-            progress=self.progress, log_prefix=f"[{row_id}] ",
-            config={"model": r["model"], "num_classes": task.num_classes, "width_mult": r.get("width_mult", 1.0),
-                    "image_size": r["image_size"], "classes": task.classes, "key": key})
+        with self._stage("prune"):
+            model, _ = prune_and_finetune(
+                base_model, task, pcfg, tcfg, ckpt, sensitivity_path=sens_path,
+                state_name=f"finetune_state-{key}.pt", progress=self.progress, log_prefix=f"[{row_id}] ",
+                config={"model": r["model"], "num_classes": task.num_classes, "width_mult": r.get("width_mult", 1.0),
+                        "image_size": r["image_size"], "classes": task.classes, "key": key})
         return model.eval(), task
 
     # -- rows -------------------------------------------------------------------------------------
@@ -292,9 +311,14 @@ class Zoo:
                 return old
         t0 = time.time()
         _reset_peak_rss()
-        res = self._compute_row(r)
+        self._stages.append({})
+        try:
+            res = self._compute_row(r)
+        finally:
+            stages = self._stages.pop()
         res["recipe_hash"] = key
         res["seconds"] = round(time.time() - t0, 1)
+        res["stage_seconds"] = {k: round(v, 1) for k, v in stages.items()}
         res["peak_rss_mb"] = _peak_rss_mb()
         write_json(row_file, res)
         self._results[row_id] = res
@@ -359,7 +383,7 @@ class Zoo:
         return TrainConfig.from_dict(r.get("train")).to_dict()
 
     def _compute_row(self, r: dict) -> dict:
-        from .bench import benchmark_latency, count_flops_params, file_size_mb
+        from .bench import count_flops_params, file_size_mb
         from .export import export_onnx
         from .runtime import OnnxPredictor
 
@@ -370,54 +394,70 @@ class Zoo:
         bench_size = r.get("bench_size", r["image_size"])
         example = task.example_inputs()
         if own_model:
-            path = export_onnx(model, row_dir / "model_fp32.onnx", example)
+            with self._stage("export"):
+                path = export_onnx(model, row_dir / "model_fp32.onnx", example)
         elif r["strategy"] == "qat":
             from .quant.qat import QATConfig, quantize_aware_train
 
             qcfg = QATConfig.from_dict(r.get("qat"))
             print(f"[{r['id']}] quantization-aware training, {qcfg.epochs} epoch(s)", flush=True)
-            path, _ = quantize_aware_train(
-                model, example, task.train_loader(qcfg.batch_size), task.loss_fn,
-                task.calibration_batches(qcfg.calibration.num_calibration, qcfg.calibration.calibration_batch_size),
-                row_dir / "model_int8_qat.onnx", qcfg, progress=self.progress)
+            with self._stage("qat"):
+                path, _ = quantize_aware_train(
+                    model, example, task.train_loader(qcfg.batch_size), task.loss_fn,
+                    task.calibration_batches(qcfg.calibration.num_calibration,
+                                             qcfg.calibration.calibration_batch_size),
+                    row_dir / "model_int8_qat.onnx", qcfg, progress=self.progress)
         else:  # quant
             from .quant import PTQConfig, quantize
 
             qcfg = PTQConfig.from_dict(r.get("quant"))
             print(f"[{r['id']}] quantizing with {qcfg.num_calibration} calibration images", flush=True)
-            path = quantize(model, example, task.calibration_batches(qcfg.num_calibration,
-                                                                      qcfg.calibration_batch_size),
-                            row_dir / "model_int8.onnx", qcfg)
+            with self._stage("quantize"):
+                path = quantize(model, example, task.calibration_batches(qcfg.num_calibration,
+                                                                          qcfg.calibration_batch_size),
+                                row_dir / "model_int8.onnx", qcfg)
             if r.get("analyze_layers"):
-                self._layer_sqnr(r, model, example, task, qcfg, row_dir / "quant_layers.json")
+                with self._stage("layer_analysis"):
+                    self._layer_sqnr(r, model, example, task, qcfg, row_dir / "quant_layers.json")
         print(f"[{r['id']}] evaluating {path.name} in ONNX Runtime", flush=True)
-        metrics = task.evaluate(OnnxPredictor(path, threads=2), progress=self.progress)
+        with self._stage("evaluate"):
+            metrics = task.evaluate(OnnxPredictor(path, threads=2), progress=self.progress)
         value = metrics[task.metric]
         root = self.root_row(r["id"])
         delta = round(value - self.run_row(root)["metric"]["value"], 3) if root != r["id"] else 0.0
         pruning = self._pruning_of(r["id"])
         flops, params = count_flops_params(model, torch.randn(1, 3, bench_size, bench_size))
         print(f"[{r['id']}] benchmarking at {bench_size}x{bench_size}", flush=True)
-        lat = benchmark_latency(path, (1, 3, bench_size, bench_size), threads=tuple(bench.get("threads", (1, 2, 4))),
-                                warmup=bench.get("warmup", 5), runs=bench.get("runs", 30))
-        extra = {}
-        from .runtime import available_runtimes
-
-        if "openvino" in bench.get("runtimes", ["onnxruntime", "openvino"]) and "openvino" in available_runtimes():
-            ov = benchmark_latency(path, (1, 3, bench_size, bench_size),
-                                   threads=tuple(bench.get("openvino_threads", (1, 2))), warmup=bench.get("warmup", 5),
-                                   runs=bench.get("runs", 30), runtime="openvino")
-            extra["latency_ms_openvino"] = {k: v["median"] for k, v in ov.items()}
+        with self._stage("benchmark"):
+            lat, extra = self._benchmark(path, bench_size)
         return {"id": r["id"], "task": r["task"], "model": r["model"], "dataset": r["dataset"],
                 "strategy": r["strategy"], "base": r.get("base"),
                 "metric": {"name": task.metric, "value": round(value, 3), "delta": delta},
                 "metrics": metrics, "size_mb": round(file_size_mb(path), 3),
                 "latency_ms": {k: v["median"] for k, v in lat.items()},
                 "latency_p90_ms": {k: v["p90"] for k, v in lat.items()},
+                "latency_runs": {k: v["runs"] for k, v in lat.items()},
                 "flops": flops, "params": params, "input_size": [bench_size, bench_size],
                 "eval_size": list(example.shape[-2:]), "width_mult": r.get("width_mult", 1.0),
                 "file": str(path), "profile": self.profile_name, "label": _label(r["strategy"], pruning),
                 "pruning": pruning, **extra}
+
+    def _benchmark(self, path: Path, bench_size: int) -> tuple[dict, dict]:
+        """ONNX Runtime latency per thread count, and OpenVINO's where installed."""
+        from .bench import benchmark_latency
+        from .runtime import available_runtimes
+
+        bench = self.profile.get("bench", {})
+        timing = {"warmup": bench.get("warmup", 5), "runs": bench.get("runs", 30),
+                  "min_runs": bench.get("min_runs", 10), "max_seconds": bench.get("max_seconds")}
+        shape = (1, 3, bench_size, bench_size)
+        lat = benchmark_latency(path, shape, threads=tuple(bench.get("threads", (1, 2, 4))), **timing)
+        extra = {}
+        if "openvino" in bench.get("runtimes", ["onnxruntime", "openvino"]) and "openvino" in available_runtimes():
+            ov = benchmark_latency(path, shape, threads=tuple(bench.get("openvino_threads", (1, 2))),
+                                   runtime="openvino", **timing)
+            extra["latency_ms_openvino"] = {k: v["median"] for k, v in ov.items()}
+        return lat, extra
 
     def _layer_sqnr(self, r: dict, model, example, task, qcfg, path: Path) -> None:
         """Per-layer INT8 error (output SQNR with only that layer quantized) on a few calibration images,
@@ -595,4 +635,30 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
         lines.append("")
     lines.append(f"Wall time of this run: {meta.get('wall_seconds', 0):.0f} s (rows reused from earlier runs "
                  "count their own time in results.json).")
+    lines += _time_table(rows)
     return "\n".join(lines) + "\n"
+
+
+STAGES = ("data", "train", "prune", "qat", "quantize", "layer_analysis", "export", "evaluate", "benchmark")
+
+
+def _time_table(rows: list[dict]) -> list[str]:
+    """Seconds per task and stage, summed over the rows' own computation (``stage_seconds``)."""
+    timed = [r for r in rows if r.get("stage_seconds")]
+    if not timed:
+        return []
+    stages = [s for s in STAGES if any(s in r["stage_seconds"] for r in timed)]
+    lines = ["", "### Where the time went (seconds, as each row was computed)", "",
+             "| Task | Rows | " + " | ".join(s.replace("_", " ") for s in stages) + " | Row total |",
+             "|---|---|" + "---|" * len(stages) + "---|"]
+    total = {s: 0.0 for s in stages}
+    for task in dict.fromkeys(r["task"] for r in timed):
+        mine = [r for r in timed if r["task"] == task]
+        per = {s: sum(r["stage_seconds"].get(s, 0.0) for r in mine) for s in stages}
+        for s in stages:
+            total[s] += per[s]
+        lines.append(f"| {task} | {len(mine)} | " + " | ".join(f"{per[s]:.0f}" for s in stages)
+                     + f" | {sum(r['seconds'] for r in mine):.0f} |")
+    lines.append(f"| all | {len(timed)} | " + " | ".join(f"{total[s]:.0f}" for s in stages)
+                 + f" | {sum(r['seconds'] for r in timed):.0f} |")
+    return lines

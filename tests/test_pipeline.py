@@ -30,11 +30,16 @@ def test_zoo_writes_rows_with_required_fields(zoo_run):
         assert set(r["latency_ms"]) == {"1", "2", "4"} and all(v > 0 for v in r["latency_ms"].values())
         assert 0 <= r["metric"]["value"] <= 100 and r["metric"]["name"] == "top1"
         assert r["peak_rss_mb"] > 50  # this row's own peak memory (torch alone needs more)
+        assert 0 < sum(r["stage_seconds"].values()) <= r["seconds"]
     fp32, int8 = rows["cls-mobilenet_v1-none"], rows["cls-mobilenet_v1-quant"]
     assert int8["metric"]["delta"] == pytest.approx(int8["metric"]["value"] - fp32["metric"]["value"], abs=1e-3)
     assert int8["file"].endswith("model_int8.onnx") and fp32["file"].endswith("model_fp32.onnx")
+    # where a row's time went: the FP32 row trained its model (and drew the dataset), the INT8 row quantized it
+    assert {"data", "train", "export", "evaluate", "benchmark"} <= set(fp32["stage_seconds"])
+    assert {"quantize", "evaluate", "benchmark"} <= set(int8["stage_seconds"]) and "train" not in int8["stage_seconds"]
     md = (out / "ZOO.md").read_text()
     assert "| mobilenet_v1 | quant (PTQ) | synth-cls |" in md and "Latency T1 / T2 / T4" in md
+    assert "| classification | 2 |" in md.split("Where the time went")[1]
 
 
 def test_int8_file_is_small_and_its_accuracy_is_measured(zoo_run, tmp_path):
@@ -135,3 +140,17 @@ def test_zoo_takes_your_own_weights_and_settings(tmp_path):
     assert rows["cls-mobilenet_v1-none"]["eval_size"] == [48, 48]
     assert not (out / "models" / "cls-mobilenet_v1-none").exists()  # nothing trained: your weights were used
     assert main(["zoo", "--out", str(out), "--weights", "cls-mobilenet_v1-none"]) == 2
+
+
+def test_benchmark_time_budget_keeps_at_least_min_runs(tmp_path):
+    from slimzoo.bench import benchmark_latency
+    from slimzoo.export import export_onnx
+    from slimzoo.models import create_model
+
+    model = create_model("mobilenet_v1", num_classes=4, width_mult=0.25).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    full = benchmark_latency(path, (1, 3, 32, 32), threads=(1,), warmup=1, runs=12)
+    assert full["1"]["runs"] == 12
+    capped = benchmark_latency(path, (1, 3, 32, 32), threads=(1, 2), warmup=3, runs=12, min_runs=4, max_seconds=0)
+    assert [capped[t]["runs"] for t in ("1", "2")] == [4, 4]  # budget spent at once: only the minimum
+    assert capped["1"]["median"] > 0 and capped["1"]["p90"] >= capped["1"]["median"]

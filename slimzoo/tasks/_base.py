@@ -65,6 +65,7 @@ class DatasetTask:
         """Under torchrun, training loaders read a seeded per-rank shard (reshuffled per epoch by ``fit``) and
         evaluation loaders split the data without padding, so each image is evaluated exactly once."""
         from .. import distributed
+        from ..data._parallel import default_workers
 
         collate = type(self).collate_fn
         if getattr(self, "skip_bad_samples", False):
@@ -77,7 +78,8 @@ class DatasetTask:
                        else distributed.ShardSampler(len(ds)))
             shuffle = False
         return DataLoader(ds, batch_size=batch_size or self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, collate_fn=collate, sampler=sampler)
+                          num_workers=default_workers() if self.num_workers is None else self.num_workers,
+                          collate_fn=collate, sampler=sampler)
 
     def skipped(self, limit: int | None, evaluated: int) -> dict:
         """``{"skipped": n}`` when bad validation samples were skipped (counted as those not evaluated), else {}."""

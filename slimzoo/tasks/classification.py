@@ -19,7 +19,7 @@ class ClassificationTask(DatasetTask):
     data_root: str | Path
     image_size: int = 224
     batch_size: int = 64
-    num_workers: int = 1
+    num_workers: int | None = None  # None: 0 on machines with 2 or fewer CPUs, else up to 4
     label_smoothing: float = 0.1
     skip_bad_samples: bool = False
     name: str = field(default="classification", init=False)

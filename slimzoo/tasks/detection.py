@@ -187,7 +187,7 @@ class DetectionTask(DatasetTask):
     data_root: str | Path
     image_size: int = 416
     batch_size: int = 16
-    num_workers: int = 1
+    num_workers: int | None = None  # None: 0 on machines with 2 or fewer CPUs, else up to 4
     format: str | None = None
     score_thresh: float = 0.005
     nms_iou: float = 0.45

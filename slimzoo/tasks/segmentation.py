@@ -35,7 +35,7 @@ class SegmentationTask(DatasetTask):
     data_root: str | Path
     image_size: int = 512
     batch_size: int = 8
-    num_workers: int = 1
+    num_workers: int | None = None  # None: 0 on machines with 2 or fewer CPUs, else up to 4
     format: str | None = None
     eval_size: tuple[int, int] | None = None
     aux_weight: float = 0.0
