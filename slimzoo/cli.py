@@ -212,8 +212,13 @@ def cmd_qat(args) -> None:
                     freeze_ranges_at=args.freeze_ranges_at, keep_fp32=args.keep_fp32 or [])
     path, _ = quantize_aware_train(model, task.example_inputs(), task.train_loader(cfg.batch_size), task.loss_fn,
                                    task.calibration_batches(cfg.calibration.num_calibration), args.out, cfg)
-    print(f"wrote {path}")
-    print(json.dumps(task.evaluate(OnnxPredictor(path), progress=True), indent=2))
+    from . import distributed
+
+    if distributed.is_main():
+        print(f"wrote {path}")
+    metrics = task.evaluate(OnnxPredictor(path), progress=distributed.is_main())  # sharded under torchrun
+    if distributed.is_main():
+        print(json.dumps(metrics, indent=2))
 
 
 def _sensitivity_config(args, file_cfg: dict | None = None):
@@ -528,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("train", "eval", "sensitivity", "prune"):  # under torchrun: join the process group
+        if args.command in ("train", "eval", "sensitivity", "prune", "qat"):  # under torchrun: join the group
             from . import distributed
 
             distributed.init()

@@ -112,3 +112,29 @@ def test_prune_and_fine_tune_under_torchrun(tmp_path, synth_cls):
     assert b["val_metrics"]["num_images"] == 48
     model, _ = load_checkpoint(tmp_path / "two")  # the pruned, fine-tuned checkpoint rank 0 wrote loads
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_qat_under_torchrun(tmp_path, synth_cls):
+    from slimzoo.runtime import OnnxPredictor
+
+    common = ["qat", "--data", str(synth_cls), "--checkpoint", str(_tiny_checkpoint(tmp_path)), "--image-size", "32",
+              "--workers", "0", "--max-steps", "3", "--lr", "0.0001"]
+    m1 = json.loads(_json_objects(_one([*common, "--batch-size", "16", "--out", str(tmp_path / "one.onnx")]).stdout)[0])
+    two = _two([*common, "--batch-size", "8", "--out", str(tmp_path / "two.onnx")])
+    m2 = [json.loads(t) for t in _json_objects(two.stdout)]
+    assert len(m2) == 1 and m2[0]["num_images"] == 48  # rank 0 reports the metrics of the whole validation set
+    assert two.stdout.count("wrote ") == 1  # one INT8 file, written by rank 0
+    # every rank calibrated on the same (unsharded) images, and the ranges stay as calibrated (the default):
+    # the activation scales and zero points of the two files are identical
+    import onnx
+    from onnx import numpy_helper
+
+    def act_qparams(path):
+        g = onnx.load(str(path)).graph
+        return {i.name: numpy_helper.to_array(i).tolist() for i in g.initializer if i.dims == [] and
+                (i.name.endswith("_scale") or i.name.endswith("_zero_point"))}
+
+    qa, qb = act_qparams(tmp_path / "one.onnx"), act_qparams(tmp_path / "two.onnx")
+    assert len(qa) > 10 and qa == qb
+    assert OnnxPredictor(tmp_path / "two.onnx")(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert abs(m1["top1"] - m2[0]["top1"]) <= 15

@@ -112,4 +112,10 @@ def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_l
 
     qmod = fit(qmod, train_loader, loss_fn, tcfg, progress=progress, on_step=on_step, max_steps=cfg.max_steps)
     qmod.set_observing(False)
-    return export_qat(qmod, onnx_model, plan, out_path), qmod.eval()
+    from .. import distributed
+
+    # under torchrun every rank holds the same module (same calibration images, averaged gradients, rank 0's
+    # range buffers broadcast by DDP); rank 0 writes the file, the others wait for it
+    path = export_qat(qmod, onnx_model, plan, out_path) if distributed.is_main() else Path(out_path)
+    distributed.barrier()
+    return path, qmod.eval()

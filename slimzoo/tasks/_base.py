@@ -61,9 +61,11 @@ class DatasetTask:
     def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, 3, self.image_size, self.image_size)
 
-    def _loader(self, ds, shuffle: bool, batch_size: int | None = None, drop_last: bool = False) -> DataLoader:
+    def _loader(self, ds, shuffle: bool, batch_size: int | None = None, drop_last: bool = False,
+                shard: bool = True) -> DataLoader:
         """Under torchrun, training loaders read a seeded per-rank shard (reshuffled per epoch by ``fit``) and
-        evaluation loaders split the data without padding, so each image is evaluated exactly once."""
+        evaluation loaders split the data without padding, so each image is evaluated exactly once;
+        ``shard=False``: every rank reads all of ``ds`` (calibration, so every rank finds the same ranges)."""
         from .. import distributed
         from ..data._parallel import default_workers
 
@@ -71,7 +73,7 @@ class DatasetTask:
         if getattr(self, "skip_bad_samples", False):
             ds, collate = SkipBadSamples(ds), _SkippingCollate(collate)
         sampler = None
-        if distributed.active():
+        if shard and distributed.active():
             from torch.utils.data import DistributedSampler
 
             sampler = (DistributedSampler(ds, shuffle=True, seed=0, drop_last=drop_last) if shuffle
@@ -105,5 +107,5 @@ class DatasetTask:
         ds = self.train_dataset(augment=False)
         step = max(1, len(ds) // max(1, num_images))
         idx = list(range(0, len(ds), step))[:num_images]
-        for images, _ in self._loader(Subset(ds, idx), False, batch_size):
+        for images, _ in self._loader(Subset(ds, idx), False, batch_size, shard=False):
             yield images
