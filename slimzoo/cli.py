@@ -8,6 +8,9 @@ from pathlib import Path
 
 from .errors import ConfigError, SlimzooError
 
+# the runtimes of slimzoo.runtime.RUNTIMES, spelled out so that `slimzoo --help` imports neither torch nor ORT
+RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "onnxruntime-tensorrt")
+
 
 def _task(args, data: str | None = None):
     """The task of the dataset folder: detection for COCO/VOC layouts, segmentation for PaddleSeg lists
@@ -367,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--skip-bad-samples", action="store_true",
                         help="skip unreadable images (counted) instead of stopping")
         sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where PyTorch trains and "
-                        "evaluates (ONNX files always run in their runtime on the CPU)")
+                        "evaluates (ONNX files run where --runtime says: the CPU unless onnxruntime-cuda/-tensorrt)")
         sp.add_argument("--eval-size", help="segmentation: resize evaluation images to HxW (default: their own "
                         "size); predictions are upsampled to the label's size")
 
@@ -415,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     model_args(sp)
     sp.add_argument("--onnx", help="evaluate this ONNX file in a runtime instead (see --runtime)")
-    sp.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
-                    help="runtime for --onnx; openvino needs the extra: pip install 'slimzoo[openvino]'")
+    sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                    help="runtime for --onnx; openvino needs the extra (pip install 'slimzoo[openvino]'), "
+                         "onnxruntime-cuda / onnxruntime-tensorrt a GPU and onnxruntime-gpu")
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_eval)
 
@@ -495,10 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime (or OpenVINO) at 1/2/4 threads")
+    sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime (CPU or GPU) or OpenVINO")
     sp.add_argument("--onnx", required=True)
-    sp.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
-                    help="openvino needs the extra: pip install 'slimzoo[openvino]'")
+    sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                    help="openvino needs the extra (pip install 'slimzoo[openvino]'); onnxruntime-cuda and "
+                         "onnxruntime-tensorrt a GPU and onnxruntime-gpu (--threads is then ignored)")
     sp.add_argument("--input-size", type=int, default=224)
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     sp.add_argument("--warmup", type=int, default=5)

@@ -30,13 +30,52 @@ class TorchPredictor:
         return out.cpu() if isinstance(out, torch.Tensor) else type(out)(o.cpu() for o in out)
 
 
-def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | None = None):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and all graph optimizations."""
+# ONNX Runtime execution providers by runtime name; the GPU ones need the onnxruntime-gpu package
+ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
+                 "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
+
+
+def ort_providers(runtime: str, path: str | Path) -> list:
+    """The provider list for ``runtime``, or a ConfigError saying what to install where it is missing.
+
+    TensorRT: INT8 enabled for files with QuantizeLinear nodes (explicit quantization), engines cached
+    beside the file; nodes TensorRT cannot take fall back to CUDA, then CPU.
+    """
+    import onnxruntime as ort
+
+    from .errors import ConfigError
+
+    if runtime not in ORT_PROVIDERS:
+        raise ConfigError(f"unknown ONNX Runtime runtime {runtime!r}; choose one of {', '.join(ORT_PROVIDERS)}")
+    want = ORT_PROVIDERS[runtime]
+    if runtime == "onnxruntime":
+        return [want]
+    have = ort.get_available_providers()
+    if want not in have:
+        raise ConfigError(f"runtime {runtime!r} needs ONNX Runtime's {want}, which this installation lacks (it has "
+                          f"{', '.join(have)}); on a GPU machine: pip uninstall -y onnxruntime && "
+                          "pip install onnxruntime-gpu" + (" (and TensorRT's libraries)" if "Tensorrt" in want else ""))
+    if runtime == "onnxruntime-cuda":
+        return [want, "CPUExecutionProvider"]
+    import onnx
+
+    int8 = any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    cache = Path(path).parent / "trt_cache"
+    cache.mkdir(exist_ok=True)
+    return [(want, {"trt_int8_enable": int8, "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache)}), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | None = None,
+                runtime: str = "onnxruntime"):
+    """An ONNX Runtime session with ``threads`` intra-op threads and all graph optimizations, on the CPU
+    (``runtime="onnxruntime"``) or a GPU (``onnxruntime-cuda``, ``onnxruntime-tensorrt``)."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: ONNX file not found")
+    providers = ort_providers(runtime, path)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -46,17 +85,17 @@ def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | 
     if optimized_model_path:
         so.optimized_model_filepath = str(optimized_model_path)
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:
         raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {str(e).splitlines()[0]}") from None
 
 
 class OnnxPredictor:
-    """Run an ONNX file in ONNX Runtime (CPU); outputs come back as torch tensors."""
+    """Run an ONNX file in ONNX Runtime (CPU, or a GPU provider); outputs come back as torch tensors."""
 
-    def __init__(self, path: str | Path, threads: int = 2):
+    def __init__(self, path: str | Path, threads: int = 2, runtime: str = "onnxruntime"):
         self.path = Path(path)
-        self.session = ort_session(path, threads)
+        self.session = ort_session(path, threads, runtime=runtime)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -66,7 +105,7 @@ class OnnxPredictor:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "onnxruntime-tensorrt")
 
 
 def openvino_compiled(path: str | Path, threads: int = 2, precision: str = "f32"):
@@ -108,9 +147,9 @@ class OpenVinoPredictor:
 
 
 def onnx_predictor(path: str | Path, runtime: str = "onnxruntime", threads: int = 2):
-    """A predictor for an ONNX file in ``runtime`` (``onnxruntime`` or ``openvino``)."""
-    if runtime == "onnxruntime":
-        return OnnxPredictor(path, threads)
+    """A predictor for an ONNX file in ``runtime`` (one of :data:`RUNTIMES`)."""
+    if runtime in ORT_PROVIDERS:
+        return OnnxPredictor(path, threads, runtime)
     if runtime == "openvino":
         return OpenVinoPredictor(path, threads)
     from .errors import ConfigError
@@ -119,7 +158,12 @@ def onnx_predictor(path: str | Path, runtime: str = "onnxruntime", threads: int 
 
 
 def available_runtimes() -> list[str]:
-    """The runtimes installed here (ONNX Runtime always; OpenVINO when its extra is installed)."""
+    """The runtimes usable here: ONNX Runtime on the CPU always; OpenVINO when its extra is installed; ONNX
+    Runtime's CUDA and TensorRT providers when onnxruntime-gpu finds them."""
     import importlib.util
 
-    return ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return (["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+            + [name for name, p in ORT_PROVIDERS.items() if name != "onnxruntime" and p in have])

@@ -457,6 +457,10 @@ class Zoo:
             ov = benchmark_latency(path, shape, threads=tuple(bench.get("openvino_threads", (1, 2))),
                                    runtime="openvino", **timing)
             extra["latency_ms_openvino"] = {k: v["median"] for k, v in ov.items()}
+        gpu = [rt for rt in ("onnxruntime-cuda", "onnxruntime-tensorrt") if rt in available_runtimes()]
+        if gpu:  # batch 1 on the GPU, input copied in and out in the timed call
+            extra["latency_ms_gpu"] = {rt: benchmark_latency(path, shape, threads=(1,), runtime=rt, **timing)["1"]
+                                       ["median"] for rt in gpu}
         return lat, extra
 
     def _layer_sqnr(self, r: dict, model, example, task, qcfg, path: Path) -> None:
@@ -613,10 +617,13 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
         names = list(dict.fromkeys(r["metric"]["name"] for r in rows if r["task"] == task))
         metric = METRIC_LABEL.get(names[0], names[0]) if len(names) == 1 else "Metric (%)"
         has_ov = any("latency_ms_openvino" in r for r in rows if r["task"] == task)
+        has_gpu = any("latency_ms_gpu" in r for r in rows if r["task"] == task)
         lines += [f"| Model | Strategy | Dataset | {metric} | Size (MB) | Size ratio | Latency T1 / T2 / T4 (ms) | "
-                  "T1 speed-up | " + ("OpenVINO T1 / T2 (ms) | " if has_ov else "") + "GFLOPs | Params (M) | "
+                  "T1 speed-up | " + ("OpenVINO T1 / T2 (ms) | " if has_ov else "")
+                  + ("GPU CUDA / TensorRT (ms) | " if has_gpu else "") + "GFLOPs | Params (M) | "
                   "Eval res | Bench res | Ref. metric | Ref. size | Ref. T1 speed-up |",
-                  "|---|---|---|---|---|---|---|---|" + ("---|" if has_ov else "") + "---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if has_ov else "") + ("---|" if has_gpu else "")
+                  + "---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["task"] == task):
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
             c = compare(r, by_id)
@@ -627,6 +634,10 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
             if has_ov:
                 o = r.get("latency_ms_openvino")
                 ov = (" / ".join(f"{o[k]:.2f}" for k in sorted(o, key=int)) if o else "-") + " | "
+            if has_gpu:
+                g = r.get("latency_ms_gpu", {})
+                ov += " / ".join(f"{g[k]:.2f}" if k in g else "-"
+                                 for k in ("onnxruntime-cuda", "onnxruntime-tensorrt")) + " | "
             lines.append(f"| {r['model']} | {label} | {r['dataset']} | {_fmt_metric(r, len(names) > 1)} | "
                          f"{r['size_mb']:.2f} | {c['size_ratio']:.2f}x | {lat} | {speed} | {ov}"
                          f"{r['flops'] / 1e9:.3f} | "

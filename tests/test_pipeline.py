@@ -103,6 +103,12 @@ def test_render_zoo_md_signs_deltas_and_compares_with_the_reference():
     assert "| 80.00 (-0.50) |" in line and "| 2.00 / 1.50 / 1.20 |" in line
     assert "| 0.25x |" in line and "| 2.50x |" in line  # ours: size ratio and T1 speed-up against FP32
     assert "| 70.18 (-0.81) | 4.4 MB (0.26x) | 1.57x |" in line  # the reference's, beside ours
+    assert "GPU" not in md  # no GPU column without GPU figures
+    row["latency_ms_gpu"] = {"onnxruntime-cuda": 0.61, "onnxruntime-tensorrt": 0.34}  # as measured on a GPU machine
+    md = render_zoo_md([base, row], {"profile": "x", "machine": {}}, ref)
+    assert "| GPU CUDA / TensorRT (ms) |" in md
+    assert "| 2.50x | 0.61 / 0.34 |" in next(ln for ln in md.splitlines() if ln.startswith("| m | quant"))
+    assert "| 1.00x | - / - |" in next(ln for ln in md.splitlines() if ln.startswith("| m | none"))
 
 
 def test_smoke_profile_runs_every_row(tmp_path):
