@@ -177,7 +177,8 @@ def cmd_quant(args) -> None:
     task = _task(args)
     model = _model(args, task.num_classes)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
-                    keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction)
+                    keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction, adaround=args.adaround,
+                    adaround_iters=args.adaround_iters)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -439,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
     sp.add_argument("--bias-correction", action="store_true",
                     help="correct each layer's mean output shift caused by quantization")
+    sp.add_argument("--adaround", action="store_true",
+                    help="learn each weight's rounding (up or down) so layer outputs match FP32 (AdaRound); "
+                         "slower: minutes on this CPU")
+    sp.add_argument("--adaround-iters", type=int, default=300, help="optimisation steps per layer for --adaround")
     sp.add_argument("--keep-fp32", nargs="*",
                     help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")

@@ -27,6 +27,9 @@ class PTQConfig:
     bias_correction: bool = False  # helped at 256 calibration images, hurt at 512: opt-in
     bias_correction_images: int = 256
     equalize: bool = False  # cross-layer equalization of conv pairs joined by ReLU (quant.equalize)
+    adaround: bool = False  # learned weight rounding per layer (quant.adaround); minutes, not seconds
+    adaround_iters: int = 300
+    adaround_images: int = 256
     calibration_batch_size: int = 32
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
 
@@ -78,6 +81,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
     plan = plan_qdq(model, set(cfg.keep_fp32))
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges)
+    if cfg.adaround:
+        from .adaround import AdaRoundConfig, adaround
+
+        qp = adaround(model, plan, qp, _first_images(batches, cfg.adaround_images),
+                      AdaRoundConfig(iters=cfg.adaround_iters))
     if cfg.bias_correction:
         from .bias_correction import correct_biases
 
