@@ -46,7 +46,7 @@ def ort_providers(runtime: str, path: str | Path) -> list:
     from .errors import ConfigError
 
     if runtime not in ORT_PROVIDERS:
-        raise ConfigError(f"unknown ONNX Runtime runtime {runtime!r}; choose one of {', '.join(ORT_PROVIDERS)}")
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     want = ORT_PROVIDERS[runtime]
     if runtime == "onnxruntime":
         return [want]

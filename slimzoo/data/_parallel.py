@@ -1,5 +1,6 @@
-"""Write synthetic images on every core: each image is a pure function of (seed, index), so the
-order the workers finish in cannot change a byte of the dataset."""
+"""How many processes data work gets: synthetic images drawn on every core (each image is a pure
+function of (seed, index), so the order the workers finish in cannot change a byte of the dataset),
+and the DataLoader's default worker count."""
 from __future__ import annotations
 
 import os
