@@ -49,6 +49,7 @@ bench-quant: env
 	$(PY) benchmarks/ptq_calibration_sweep.py --zoo $(OUT)
 	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT)
 	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models resnet50 --num-calibration 512 --name ptq_vs_peers_resnet50_512
+	$(PY) benchmarks/zoo_heldout.py --zoo $(OUT) --strategies quant qat prune
 
 # MobileNetV1 -30% / -50% FLOPs, sensitivity-chosen vs uniform ratios, three fine-tuning seeds each
 bench-prune: env

@@ -8,6 +8,11 @@ all calibrated on the same training images and evaluated in ONNX Runtime on the 
 validation set. Writes benchmarks/results/ptq_vs_peers.{csv,md}.
 
     python benchmarks/ptq_vs_peers.py --zoo runs/zoo [--models mobilenet_v1 resnet50] [--num-calibration 256]
+        [--num-val 10000]
+
+Accuracy is measured on a validation split widened to --num-val images (benchmarks/_heldout.py), with the
+paired 95% interval of each drop and of slimzoo's gap to the better peer, because on 1,000 images the
+methods differ by a few images either way.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slimzoo.bench import benchmark_latency, file_size_mb
@@ -24,6 +30,8 @@ from slimzoo.export import export_onnx
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.storage import write_text
 from slimzoo.zoo import Zoo, machine_info
+
+from _heldout import compare, heldout_task, paired_gap, predictions  # noqa: E402 (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,12 +77,25 @@ METHODS = {"slimzoo (defaults)": slimzoo_ptq, "onnxruntime quantize_static (defa
            "onnxruntime quantize_static (per-channel)": ort_ptq(True), "nncf.quantize (defaults)": nncf_ptq}
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path.with_suffix(".csv.tmp"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    path.with_suffix(".csv.tmp").replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="runs/zoo", help="zoo output folder holding the trained FP32 baselines")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--models", nargs="*", default=["mobilenet_v1", "mobilenet_v2", "resnet50"])
     ap.add_argument("--num-calibration", type=int, default=256)
+    ap.add_argument("--num-val", type=int, default=10000,
+                    help="validation images (synthetic data: the zoo's split widened to this many; 0: the zoo's)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="calibration draws: each method quantizes once per draw (another subset of the same size); "
+                         "accuracy is the mean over draws")
     ap.add_argument("--bench-size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", default=str(RESULTS))
@@ -82,50 +103,77 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     zoo = Zoo(Path(args.zoo), profile_name=args.profile)
-    rows = []
+    rows, gaps = [], []
     for name in args.models:
-        model, task = zoo.baseline(f"cls-{name}-none")
-        calib = list(task.calibration_batches(args.num_calibration, 32))
+        row_id = f"cls-{name}-none"
+        model, task = zoo.baseline(row_id)
+        val = heldout_task(zoo, row_id, args.num_val)
+        # each draw: another spread-out subset of the training images, the same for every method
+        calibs = [list(task.calibration_batches(args.num_calibration, 32, offset=k)) for k in range(args.draws)]
+        preds = {}
         with tempfile.TemporaryDirectory() as d:
             fp32 = export_onnx(model, Path(d) / "fp32.onnx", task.example_inputs())
-            base = task.evaluate(OnnxPredictor(fp32))["top1"]
+            ref, true = predictions(val, OnnxPredictor(fp32))
             lat = benchmark_latency(fp32, (1, 3, args.bench_size, args.bench_size), threads=(1, 2), runs=args.runs)
-            rows.append({"model": name, "method": "FP32", "top1": base, "drop": 0.0, "size_mb": file_size_mb(fp32),
+            rows.append({"model": name, "method": "FP32", **compare(ref, ref, true), "size_mb": file_size_mb(fp32),
                          "t1_ms": lat["1"]["median"], "t2_ms": lat["2"]["median"], "quant_s": 0.0})
             for method, fn in METHODS.items():
                 out = Path(d) / f"{abs(hash(method))}.onnx"
-                t0 = time.perf_counter()
+                draws, secs = [], []
                 try:
-                    fn(model, task, fp32, out, calib)
+                    for k, calib in enumerate(calibs):
+                        t0 = time.perf_counter()
+                        fn(model, task, fp32, out, calib)
+                        secs.append(time.perf_counter() - t0)
+                        draws.append(predictions(val, OnnxPredictor(out))[0])
+                        if k == 0:  # the file's speed does not depend on which images calibrated it
+                            lat = benchmark_latency(out, (1, 3, args.bench_size, args.bench_size), threads=(1, 2),
+                                                    runs=args.runs)
+                            size = file_size_mb(out)
                 except ImportError as e:
                     print(f"skipping {method}: {e}")
                     continue
-                secs = time.perf_counter() - t0
-                top1 = task.evaluate(OnnxPredictor(out))["top1"]
-                lat = benchmark_latency(out, (1, 3, args.bench_size, args.bench_size), threads=(1, 2),
-                                        runs=args.runs)
-                rows.append({"model": name, "method": method, "top1": top1, "drop": round(base - top1, 3),
-                             "size_mb": file_size_mb(out), "t1_ms": lat["1"]["median"], "t2_ms": lat["2"]["median"],
-                             "quant_s": secs})
+                preds[method] = np.stack(draws)
+                rows.append({"model": name, "method": method, **compare(preds[method], ref, true),
+                             "size_mb": size, "t1_ms": lat["1"]["median"], "t2_ms": lat["2"]["median"],
+                             "quant_s": float(np.mean(secs))})
                 print(rows[-1], flush=True)
+        ours = preds.get("slimzoo (defaults)")
+        peers = {m: p for m, p in preds.items() if m != "slimzoo (defaults)"}
+        if ours is not None and peers:
+            best = max(peers, key=lambda m: (peers[m] == true).mean())
+            gap, ci = paired_gap(ours, peers[best], true)
+            gaps.append({"model": name, "better_peer": best, "gap": gap, "gap_ci95": ci,
+                         "agree": 100 * float((ours == ref).mean()),
+                         "peer_agree": 100 * float((peers[best] == ref).mean())})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"{args.name}.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / f"{args.name}.csv.tmp").replace(out / f"{args.name}.csv")
+    _write_csv(out / f"{args.name}.csv", rows)
     mi = machine_info()
+    n = rows[0]["num_images"]
     md = ["# PTQ: slimzoo vs peers", "",
           f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}; "
-          f"{args.num_calibration} calibration images, whole validation set, latency at "
+          f"{args.num_calibration} calibration images (training split; mean over {args.draws} draw(s) of them), "
+          f"{n:,} validation images "
+          f"(one image is {100 / n:.2f} points), latency at "
           f"{args.bench_size}x{args.bench_size}, batch 1, median of {args.runs}. "
           f"Command: `python benchmarks/ptq_vs_peers.py --zoo {args.zoo} --models {' '.join(args.models)} "
-          f"--num-calibration {args.num_calibration} --name {args.name}`", "",
-          "| Model | Method | Top-1 | Drop | Size (MB) | T1 (ms) | T2 (ms) | Quantize (s) |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['method']} | {r['top1']:.2f} | {r['drop']:.2f} | {r['size_mb']:.2f} | "
-           f"{r['t1_ms']:.2f} | {r['t2_ms']:.2f} | {r['quant_s']:.1f} |" for r in rows]
+          f"--num-calibration {args.num_calibration} --num-val {args.num_val} --draws {args.draws} --name {args.name}`", "",
+          "Drop: FP32 Top-1 minus INT8 Top-1 on the same images, with the 95% interval of that difference "
+          "(paired over images). Agree: images on which the INT8 file predicts the FP32 model's class.", "",
+          "| Model | Method | Top-1 | Drop | Agree (%) | Size (MB) | T1 (ms) | T2 (ms) | Quantize (s) |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['model']} | {r['method']} | {r['top1']:.2f} | {r['drop']:.2f} ± {r['drop_ci95']:.2f} | "
+           f"{r['agree']:.2f} | {r['size_mb']:.2f} | {r['t1_ms']:.2f} | {r['t2_ms']:.2f} | {r['quant_s']:.1f} |"
+           for r in rows]
+    if gaps:
+        md += ["", "slimzoo against the better peer (the peer with the higher Top-1 on these images): Top-1 of "
+               "slimzoo minus the peer's, with its 95% interval (paired over images; an interval that holds 0 "
+               "means the two cannot be told apart on this many images).", "",
+               "| Model | Better peer | slimzoo minus peer (Top-1) | Agree with FP32: slimzoo / peer (%) |",
+               "|---|---|---|---|"]
+        md += [f"| {g['model']} | {g['better_peer']} | {g['gap']:+.2f} ± {g['gap_ci95']:.2f} | "
+               f"{g['agree']:.2f} / {g['peer_agree']:.2f} |" for g in gaps]
     write_text(out / f"{args.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

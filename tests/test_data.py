@@ -25,6 +25,29 @@ def test_synth_is_deterministic(tmp_path):
     assert _digest(a) != _digest(c)
 
 
+def test_wider_synth_val_split_starts_with_the_smaller_one(tmp_path):
+    """benchmarks/_heldout.py widens the zoo's validation split: its first images must be the zoo's own."""
+    small = write_synth_cls(tmp_path / "s", num_train=2, num_val=4, size=32, seed=3, progress=False)
+    wide = write_synth_cls(tmp_path / "w", num_train=1, num_val=7, size=32, seed=3, progress=False)
+    small_lines = (small / "val_list.txt").read_text().splitlines()
+    wide_lines = (wide / "val_list.txt").read_text().splitlines()
+    assert len(wide_lines) == 7 and wide_lines[:4] == small_lines
+    for line in small_lines:
+        rel = line.split()[0]
+        assert (small / rel).read_bytes() == (wide / rel).read_bytes()
+
+
+def test_calibration_draws_are_disjoint_subsets_of_one_size(synth_cls):
+    from slimzoo.tasks import get_task
+
+    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
+    a = torch.cat(list(task.calibration_batches(24, 8)))
+    b = torch.cat(list(task.calibration_batches(24, 8, offset=1)))
+    assert a.shape == b.shape == (24, 3, 32, 32)
+    assert torch.equal(a, torch.cat(list(task.calibration_batches(24, 8))))  # offset 0: the zoo's images
+    assert not any(torch.equal(x, y) for x in a for y in b)  # another draw: none of the same images
+
+
 def test_list_format_round_trip(synth_cls):
     ds = cls_data.load_split(synth_cls, "train", cls_data.eval_transform(32))
     assert ds.classes == list(SHAPES)

@@ -102,10 +102,11 @@ class DatasetTask:
             ds = Subset(ds, range(limit))
         return self._loader(ds, False)
 
-    def calibration_batches(self, num_images: int, batch_size: int = 32) -> Iterator[torch.Tensor]:
-        """``num_images`` training images (evaluation transform, fixed spread-out subset) for calibration."""
+    def calibration_batches(self, num_images: int, batch_size: int = 32, offset: int = 0) -> Iterator[torch.Tensor]:
+        """``num_images`` training images (evaluation transform, fixed spread-out subset) for calibration;
+        ``offset`` shifts the subset by that many images (another draw of the same size, for benchmarks)."""
         ds = self.train_dataset(augment=False)
         step = max(1, len(ds) // max(1, num_images))
-        idx = list(range(0, len(ds), step))[:num_images]
+        idx = list(range(offset % step, len(ds), step))[:num_images]
         for images, _ in self._loader(Subset(ds, idx), False, batch_size, shard=False):
             yield images
