@@ -70,8 +70,17 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, stride: int = 16) -> 
     return float(edges[best_i])
 
 
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's linear interpolation between order statistics, to the last bit (it switches form at 0.5)."""
+    d = b - a
+    return float(b - d * (1 - t)) if t >= 0.5 else float(a + d * t)
+
+
 def percentile_pair(x: np.ndarray, p: float) -> tuple[float, float]:
-    """``np.percentile(x, [100 - p, p])`` exactly, but partitioning only the tails (much faster for p near 100)."""
+    """``np.percentile(x, [100 - p, p])`` bit for bit, but touching only the tails (much faster for p near 100).
+
+    A spike at an end (a ReLU's zeros, a ReLU6's sixes) that covers the wanted ranks is answered by counting;
+    otherwise the tail beyond a threshold read off a subsample is partitioned, not the whole tensor."""
     flat = x.ravel()
     n = flat.size
     if n < 65536:
@@ -84,17 +93,23 @@ def percentile_pair(x: np.ndarray, p: float) -> tuple[float, float]:
         i0 = int(np.floor(idx))
         i1 = min(i0 + 1, n - 1)
         upper = q > 50
-        # a threshold from a subsample, well beyond the wanted rank, so the tail holds the order statistics
+        need = (n - i0) if upper else (i1 + 1)  # order statistics in the tail, counted from its end
+        end = float(sample.max() if upper else sample.min())
+        if np.count_nonzero(sample == end) * (n / sample.size) > 2 * need:  # a spike at the end, likely
+            extreme = flat.max() if upper else flat.min()
+            if extreme == end and np.count_nonzero(flat == extreme) >= need:
+                out.append(_lerp(float(extreme), float(extreme), idx - i0))
+                continue
+        # a threshold from the subsample, well beyond the wanted rank, so the tail holds the order statistics
         t = np.percentile(sample, min(100.0, q + 1.0) if not upper else max(0.0, q - 1.0))
         tail = flat[flat >= t] if upper else flat[flat <= t]
-        need = (n - i0) if upper else (i1 + 1)
         if tail.size < need:  # the subsample misjudged the tail: fall back to the full partition
             out.append(float(np.percentile(flat, q)))
             continue
-        tail = np.sort(tail)
-        base = (n - tail.size) if upper else 0  # rank in ``flat`` of tail[0]
-        a, b = float(tail[i0 - base]), float(tail[i1 - base])  # interpolate in float64, as numpy does
-        out.append(float(a + (b - a) * (idx - i0)))
+        base = (n - tail.size) if upper else 0  # rank in ``flat`` of the tail's smallest element
+        k0, k1 = i0 - base, i1 - base
+        part = np.partition(tail, [k0, k1])
+        out.append(_lerp(float(part[k0]), float(part[k1]), idx - i0))
     return out[0], out[1]
 
 
