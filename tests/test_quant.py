@@ -256,17 +256,21 @@ def test_bias_correction_removes_mean_output_shift(tmp_path):
     assert shift[True] < shift[False]
 
 
-@pytest.mark.parametrize("kind", ["normal", "relu", "constant", "small"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "relu6", "ties", "constant", "small"])
 def test_percentile_pair_equals_numpy(kind):
     from slimzoo.quant.calibrate import percentile_pair
 
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((16, 64, 16, 16) if kind != "small" else (7, 9)).astype(np.float32)
+    x = rng.standard_normal((16, 64, 16, 16) if kind != "small" else (7, 9)).astype(np.float32) * 3
     if kind == "relu":
         x = np.maximum(x, 0)
+    elif kind == "relu6":  # spikes at both ends
+        x = np.clip(x, 0, 2.0)
+    elif kind == "ties":
+        x = np.round(x * 4) / 4
     elif kind == "constant":
         x[:] = 3.0
-    for p in (99.99, 99.9, 95.0):
+    for p in (99.99, 99.9, 99.0, 95.0):
         assert percentile_pair(x, p) == tuple(np.percentile(x, [100 - p, p]))  # bit for bit
 
 
@@ -317,3 +321,35 @@ def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
     ref = np.concatenate([ort_session(fp32, 1).run(None, {"input": b.numpy()})[0] for b in batches])
     out = np.concatenate([ort_session(path, 1).run(None, {"input": b.numpy()})[0] for b in batches])
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
+
+
+def test_qat_learned_ranges_move_keep_relu_zero_and_export_faithfully(tmp_path, synth_cls):
+    """LSQ+ ranges: trained by gradient (they move), ranges starting at 0 keep 0 (a folded ReLU still
+    clamps), and the INT8 file agrees with the fake-quant module."""
+    from slimzoo.quant.qat import QATConfig, quantize_aware_train
+    from slimzoo.runtime import ort_session
+    from slimzoo.tasks import get_task
+    from slimzoo.training import TrainConfig, fit
+
+    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
+    torch.manual_seed(0)
+    model = slimzoo.create_model("mobilenet_v2", num_classes=task.num_classes, width_mult=0.25)
+    model = fit(model, task.train_loader(), task.loss_fn, TrainConfig(epochs=1, channels_last=False),
+                progress=False).eval()
+    cfg = QATConfig(epochs=1, lr=1e-4, max_steps=4, learn_ranges=True, range_lr=1e-2)
+    from slimzoo.quant.qat import prepare_qat
+
+    before = prepare_qat(model, task.example_inputs(), task.calibration_batches(32), cfg)[0].act_ranges()
+    path, qmod = quantize_aware_train(model, task.example_inputs(), task.train_loader(), task.loss_fn,
+                                      task.calibration_batches(32), tmp_path / "lsq.onnx", cfg, progress=False)
+    after = qmod.act_ranges()
+    assert after.keys() == before.keys()
+    assert sum(abs(after[t][1] - before[t][1]) > 1e-4 for t in before) > len(before) // 2
+    assert all(after[t][0] == 0.0 for t in before if before[t][0] == 0.0)
+    sess = ort_session(path, 1)
+    agree = total = 0
+    with torch.no_grad():
+        for images, _ in task.val_loader():
+            agree += int((qmod(images).argmax(1).numpy() == sess.run(None, {"input": images.numpy()})[0].argmax(1)).sum())
+            total += len(images)
+    assert agree / total >= 0.99
