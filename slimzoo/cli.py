@@ -213,7 +213,8 @@ def cmd_qat(args) -> None:
     task = _task(args)
     model = _model(args, task.num_classes)
     cfg = QATConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
-                    freeze_ranges_at=args.freeze_ranges_at, keep_fp32=args.keep_fp32 or [])
+                    freeze_ranges_at=args.freeze_ranges_at, learn_ranges=args.learn_ranges, range_lr=args.range_lr,
+                    keep_fp32=args.keep_fp32 or [])
     path, _ = quantize_aware_train(model, task.example_inputs(), task.train_loader(cfg.batch_size), task.loss_fn,
                                    task.calibration_batches(cfg.calibration.num_calibration), args.out, cfg)
     from . import distributed
@@ -466,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--freeze-ranges-at", type=float, default=0.0,
                     help="fraction of training after which activation ranges stop following a moving average "
                          "(0: keep the calibrated ranges)")
+    sp.add_argument("--learn-ranges", action="store_true",
+                    help="learn the activation ranges by gradient descent (LSQ+) instead of keeping them")
+    sp.add_argument("--range-lr", type=float, default=1e-3, help="learning rate of the ranges with --learn-ranges")
     sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float (module or node names)")
     sp.set_defaults(func=cmd_qat)
 

@@ -64,12 +64,23 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD, with no weight decay on norms and biases."""
+    """AdamW or SGD, with no weight decay on norms and biases.
+
+    A model may set ``lr_multipliers`` ({parameter-name prefix: factor}): those parameters get their own group
+    at ``cfg.lr * factor`` without weight decay (QAT's learned activation ranges move at their own rate)."""
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
+    mults: dict[str, float] = dict(getattr(model, "lr_multipliers", None) or {})
+    special: dict[str, list] = {prefix: [] for prefix in mults}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        prefix = next((k for k in mults if name.startswith(k)), None)
+        if prefix is not None:
+            special[prefix].append(p)
+        else:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, "weight_decay": 0.0, "lr": cfg.lr * mults[k]} for k, ps in special.items() if ps]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -96,22 +96,43 @@ OPS = {
 
 
 class FakeQuantAct(nn.Module):
-    """uint8 per-tensor fake quantization with moving-average min/max ranges (straight-through gradient)."""
+    """uint8 per-tensor fake quantization of an activation (straight-through gradient for the input).
 
-    def __init__(self, lo: float, hi: float, momentum: float = 0.9):
+    Ranges either follow a moving average of the observed min/max (``learn=False``; frozen by
+    ``observe = False``), or are learned by gradient descent (``learn=True``: LSQ+, Bhalgat et al. 2020, with
+    the range ends as parameters; a range that starts at 0, such as a folded ReLU's, keeps 0 as its low end so
+    the uint8 grid still clamps at zero)."""
+
+    def __init__(self, lo: float, hi: float, momentum: float = 0.9, learn: bool = False):
         super().__init__()
-        self.register_buffer("lo", torch.tensor(float(min(lo, 0.0))))
-        self.register_buffer("hi", torch.tensor(float(max(hi, 0.0))))
+        lo, hi = torch.tensor(float(min(lo, 0.0))), torch.tensor(float(max(hi, 0.0)))
+        self.learn = learn
+        if learn:
+            self.hi = nn.Parameter(hi)
+            if float(lo) < 0:
+                self.lo = nn.Parameter(lo)
+            else:
+                self.register_buffer("lo", lo)
+        else:
+            self.register_buffer("lo", lo)
+            self.register_buffer("hi", hi)
         self.momentum = momentum
-        self.observe = True
+        self.observe = not learn
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
+        lo, hi = torch.clamp(self.lo.detach(), max=0.0), torch.clamp(self.hi.detach(), min=0.0)
         scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
         zp = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
         return scale.float(), zp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.learn:
+            lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=1e-6)
+            scale = ((hi - lo) / 255.0).reshape(1)
+            zp = (-lo / scale).reshape(1)
+            # LSQ scales the range gradient by 1 / sqrt(elements * levels) for SGD; AdamW normalises gradients
+            # itself, and so scaled they fall under its epsilon and the ranges never move: no scaling
+            return torch._fake_quantize_learnable_per_tensor_affine(x.float(), scale, zp, 0, 255, 1.0)
         if self.training and self.observe:
             with torch.no_grad():
                 m = self.momentum
@@ -133,7 +154,7 @@ class OnnxModule(nn.Module):
     """An ONNX graph as a module: initializers become parameters, chosen tensors get fake quantizers."""
 
     def __init__(self, model, act_ranges: dict[str, tuple[float, float]] | None = None,
-                 weight_axes: dict[str, int] | None = None, momentum: float = 0.9):
+                 weight_axes: dict[str, int] | None = None, momentum: float = 0.9, learn_ranges: bool = False):
         super().__init__()
         from onnx import numpy_helper
 
@@ -159,14 +180,14 @@ class OnnxModule(nn.Module):
             if n.op_type == "Constant":
                 self.consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(n.attribute[0].t)))
         self.act_keys = {t: f"a{i}" for i, t in enumerate(act_ranges or {})}
-        self.act_fq = nn.ModuleDict({self.act_keys[t]: FakeQuantAct(lo, hi, momentum)
+        self.act_fq = nn.ModuleDict({self.act_keys[t]: FakeQuantAct(lo, hi, momentum, learn_ranges)
                                      for t, (lo, hi) in (act_ranges or {}).items()})
         self.weight_axes = dict(weight_axes or {})
 
     def set_observing(self, on: bool) -> None:
         """Freeze (False) or resume (True) the moving-average activation ranges."""
         for m in self.act_fq.values():
-            m.observe = on
+            m.observe = on and not m.learn
 
     def tensor(self, name: str, env: dict) -> torch.Tensor | None:
         if not name:

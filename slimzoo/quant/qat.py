@@ -4,8 +4,8 @@ The model is folded (BatchNorm into conv, i.e. BN statistics frozen from the sta
 stable when fine-tuning a converged network) and exported; the QDQ plan of that ONNX graph
 decides where the fake quantizers go, and the graph itself is trained as a PyTorch module
 (``OnnxModule``). Weights: per-channel symmetric abs-max int8 with a straight-through
-estimator; activations: uint8 with moving-average min/max ranges, initialised by PTQ
-calibration and frozen for the last part of training. The trained weights, biases and
+estimator; activations: uint8 ranges initialised by PTQ calibration, then kept, or following a
+moving average of min/max until ``freeze_ranges_at``, or learned (``learn_ranges``, LSQ+). The trained weights, biases and
 ranges become ``QuantParams`` and ``write_qdq`` writes the INT8 file, as for PTQ.
 """
 from __future__ import annotations
@@ -38,6 +38,9 @@ class QATConfig:
     # fraction of training after which activation ranges stop moving; 0 keeps the calibrated ranges
     # (MobileNetV2: -0.2 Top-1 with 0, -0.5 with 0.6, docs/quantization.md)
     freeze_ranges_at: float = 0.0
+    # learn the activation ranges by gradient descent instead (LSQ+), at their own learning rate
+    learn_ranges: bool = False
+    range_lr: float = 1e-3
     seed: int = 0
     keep_fp32: list[str] = field(default_factory=list)
     # ranges start from PTQ's default calibration (percentile): MSE ranges cost one ResNet50 9.5 Top-1 in PTQ, and
@@ -52,6 +55,8 @@ class QATConfig:
         cfg = cls(**d)
         if not 0 <= cfg.freeze_ranges_at <= 1:
             raise ConfigError(f"freeze_ranges_at must be in [0, 1], got {cfg.freeze_ranges_at}")
+        if cfg.lr <= 0 or cfg.range_lr <= 0:
+            raise ConfigError(f"lr and range_lr must be positive, got {cfg.lr} and {cfg.range_lr}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -73,7 +78,10 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
     ranges = collect_ranges(onnx_model, plan.activations, calib_batches, method=cfg.calibration.calibration,
                             percentile=cfg.calibration.percentile)
     qmod = OnnxModule(onnx_model, {t: ranges[t] for t in plan.activations},
-                      {w: axis for w, (axis, _) in plan.weights.items()}, momentum=cfg.range_momentum)
+                      {w: axis for w, (axis, _) in plan.weights.items()}, momentum=cfg.range_momentum,
+                      learn_ranges=cfg.learn_ranges)
+    if cfg.learn_ranges:
+        qmod.lr_multipliers = {"act_fq.": cfg.range_lr / cfg.lr}
     return qmod, onnx_model, plan
 
 
