@@ -390,7 +390,6 @@ class Zoo:
         row_dir = self.out / "rows" / r["id"]
         own_model = r["strategy"] in ("none", "prune")
         model, task = self.model_of(r["id"] if own_model else r["base"])
-        bench = self.profile.get("bench", {})
         bench_size = r.get("bench_size", r["image_size"])
         example = task.example_inputs()
         if own_model:
