@@ -47,8 +47,8 @@ clean:
 bench-quant: env
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/ptq_calibration_sweep.py --zoo $(OUT)
-	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT)
-	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models resnet50 --num-calibration 512 --name ptq_vs_peers_resnet50_512
+	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --draws 3
+	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models resnet50 --num-calibration 512 --draws 3 --name ptq_vs_peers_resnet50_512
 	$(PY) benchmarks/zoo_heldout.py --zoo $(OUT) --strategies quant qat prune
 
 # MobileNetV1 -30% / -50% FLOPs, sensitivity-chosen vs uniform ratios, three fine-tuning seeds each
