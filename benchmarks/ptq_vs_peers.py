@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _heldout import compare, heldout_task, paired_gap, predictions
 
 from slimzoo.bench import benchmark_latency, file_size_mb
 from slimzoo.export import export_onnx
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.storage import write_text
 from slimzoo.zoo import Zoo, machine_info
-
-from _heldout import compare, heldout_task, paired_gap, predictions  # noqa: E402 (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
