@@ -1,4 +1,4 @@
-"""Shared by the quantization benchmarks: a larger validation set and per-image predictions.
+"""Shared by the quantization benchmarks: a larger validation set, per-image predictions, their statistics.
 
 On the zoo's 1,000 validation images one image is 0.1 Top-1 points, and two INT8 files of the same model
 differ by a few images either way from rounding luck alone. The synthetic generator draws every image as a
@@ -8,7 +8,9 @@ paired standard error of the difference, says which differences are real.
 """
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,3 +71,13 @@ def paired_gap(pred_a: np.ndarray, pred_b: np.ndarray, true: np.ndarray) -> tupl
     """Top-1 of a minus Top-1 of b (points) and the 95% half-width of that difference, paired over images
     (either may hold one row of predictions per calibration draw)."""
     return _mean_ci(_hits(pred_a, true) - _hits(pred_b, true))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys) as a CSV file, atomically."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)

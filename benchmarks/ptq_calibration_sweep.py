@@ -11,13 +11,12 @@ images (benchmarks/_heldout.py). Writes benchmarks/results/ptq_calibration_sweep
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _heldout import compare, heldout_task, predictions
+from _heldout import compare, heldout_task, predictions, write_csv
 
 from slimzoo.export import export_onnx
 from slimzoo.quant import PTQConfig, quantize
@@ -69,11 +68,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "ptq_calibration_sweep.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "ptq_calibration_sweep.csv.tmp").replace(out / "ptq_calibration_sweep.csv")
+    write_csv(out / "ptq_calibration_sweep.csv", rows)
     mi = machine_info()
     n = rows[0]["num_images"]
     md = ["# PTQ calibration sweep", "",

@@ -17,14 +17,13 @@ methods differ by a few images either way.
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _heldout import compare, heldout_task, paired_gap, predictions
+from _heldout import compare, heldout_task, paired_gap, predictions, write_csv
 
 from slimzoo.bench import benchmark_latency, file_size_mb
 from slimzoo.export import export_onnx
@@ -74,14 +73,6 @@ def nncf_ptq(model, task, fp32_path, out, calib):
 
 METHODS = {"slimzoo (defaults)": slimzoo_ptq, "onnxruntime quantize_static (defaults)": ort_ptq(False),
            "onnxruntime quantize_static (per-channel)": ort_ptq(True), "nncf.quantize (defaults)": nncf_ptq}
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path.with_suffix(".csv.tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    path.with_suffix(".csv.tmp").replace(path)
 
 
 def main() -> None:
@@ -147,7 +138,7 @@ def main() -> None:
                          "peer_agree": 100 * float((peers[best] == ref).mean())})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / f"{args.name}.csv", rows)
+    write_csv(out / f"{args.name}.csv", rows)
     mi = machine_info()
     n = rows[0]["num_images"]
     md = ["# PTQ: slimzoo vs peers", "",

@@ -31,3 +31,14 @@ def test_draws_average_per_image_before_the_interval():
     per_image = np.array([0, -0.5, -1, 0.5])
     assert gap == pytest.approx(100 * per_image.mean())
     assert ci == pytest.approx(100 * 1.96 * per_image.std(ddof=1) / 2)
+
+
+def test_write_csv_round_trips_and_leaves_no_temp_file(tmp_path):
+    import csv
+
+    from _heldout import write_csv
+
+    write_csv(tmp_path / "r.csv", [{"model": "a", "drop": 0.1}, {"model": "b", "drop": -0.2}])
+    with open(tmp_path / "r.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [{"model": "a", "drop": "0.1"}, {"model": "b", "drop": "-0.2"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
