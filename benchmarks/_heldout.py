@@ -74,10 +74,19 @@ def paired_gap(pred_a: np.ndarray, pred_b: np.ndarray, true: np.ndarray) -> tupl
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the same keys) as a CSV file, atomically."""
+    """Write ``rows`` (dicts with the same keys) as a CSV file, atomically, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
+
+
+def machine_line() -> str:
+    """'date, CPU (N cores), ONNX Runtime X': where and when a benchmark's figures were measured."""
+    from slimzoo.zoo import machine_info
+
+    mi = machine_info()
+    return f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}"

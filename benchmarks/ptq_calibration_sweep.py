@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _heldout import compare, heldout_task, predictions, write_csv
+from _heldout import compare, heldout_task, machine_line, predictions, write_csv
 
 from slimzoo.export import export_onnx
 from slimzoo.quant import PTQConfig, quantize
 from slimzoo.quant.calibrate import METHODS
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.storage import write_text
-from slimzoo.zoo import Zoo, machine_info
+from slimzoo.zoo import Zoo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,12 +67,10 @@ def main() -> None:
                          **c, "quant_s": float(np.mean(secs))})
             print(rows[-1], flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "ptq_calibration_sweep.csv", rows)
-    mi = machine_info()
     n = rows[0]["num_images"]
     md = ["# PTQ calibration sweep", "",
-          f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}. "
+          f"{machine_line()}. "
           f"{args.num_calibration} calibration images, mean over {args.draws} draw(s); each INT8 file scored "
           f"on {n:,} validation images. Drop: FP32 Top-1 minus INT8 Top-1 with its 95% interval (paired over "
           "images); agree: images on which the INT8 file predicts the FP32 model's class. Command: "

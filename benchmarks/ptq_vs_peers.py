@@ -23,13 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _heldout import compare, heldout_task, paired_gap, predictions, write_csv
+from _heldout import (
+    compare,
+    heldout_task,
+    machine_line,
+    paired_gap,
+    predictions,
+    write_csv,
+)
 
 from slimzoo.bench import benchmark_latency, file_size_mb
 from slimzoo.export import export_onnx
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.storage import write_text
-from slimzoo.zoo import Zoo, machine_info
+from slimzoo.zoo import Zoo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -137,12 +144,10 @@ def main() -> None:
                          "agree": 100 * float((ours == ref).mean()),
                          "peer_agree": 100 * float((peers[best] == ref).mean())})
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{args.name}.csv", rows)
-    mi = machine_info()
     n = rows[0]["num_images"]
     md = ["# PTQ: slimzoo vs peers", "",
-          f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}; "
+          f"{machine_line()}; "
           f"{args.num_calibration} calibration images (training split; mean over {args.draws} draw(s) of them), "
           f"{n:,} validation images "
           f"(one image is {100 / n:.2f} points), latency at "

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _heldout import compare, heldout_task, predictions, write_csv
+from _heldout import compare, heldout_task, machine_line, predictions, write_csv
 
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.storage import read_json, write_text
-from slimzoo.zoo import Zoo, machine_info
+from slimzoo.zoo import Zoo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -61,12 +61,10 @@ def main() -> None:
                       "num_images": c["num_images"]})
         print(table[-1], flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / f"{args.name}.csv", table)
-    mi = machine_info()
     n = table[0]["num_images"]
     md = ["# Zoo classification rows on a larger validation set", "",
-          f"{mi['date']}, {mi['cpu']} ({mi['cores']} cores), ONNX Runtime {mi['onnxruntime']}. The files of the "
+          f"{machine_line()}. The files of the "
           f"zoo run in `{args.zoo}`, evaluated on {n:,} validation images (the zoo's 1,000 and {n - 1000:,} more "
           f"from the same generator). Command: `python benchmarks/zoo_heldout.py --zoo {args.zoo} "
           f"--num-val {args.num_val} --strategies {' '.join(args.strategies)}`", "",
