@@ -353,3 +353,14 @@ def test_qat_learned_ranges_move_keep_relu_zero_and_export_faithfully(tmp_path, 
             agree += int((qmod(images).argmax(1).numpy() == sess.run(None, {"input": images.numpy()})[0].argmax(1)).sum())
             total += len(images)
     assert agree / total >= 0.99
+
+
+@pytest.mark.parametrize("kw", [{"freeze_ranges_at": 1.5}, {"range_lr": 0.0}, {"lr": -1e-5}])
+def test_qat_config_rejects_bad_values_however_built(kw):
+    from slimzoo.errors import ConfigError
+    from slimzoo.quant.qat import QATConfig
+
+    with pytest.raises(ConfigError, match=next(iter(kw)).split("_")[0]):
+        QATConfig(**kw)  # as the CLI builds it
+    with pytest.raises(ConfigError):
+        QATConfig.from_dict(kw)  # as a recipe does

@@ -5,8 +5,8 @@ stable when fine-tuning a converged network) and exported; the QDQ plan of that 
 decides where the fake quantizers go, and the graph itself is trained as a PyTorch module
 (``OnnxModule``). Weights: per-channel symmetric abs-max int8 with a straight-through
 estimator; activations: uint8 ranges initialised by PTQ calibration, then kept, or following a
-moving average of min/max until ``freeze_ranges_at``, or learned (``learn_ranges``, LSQ+). The trained weights, biases and
-ranges become ``QuantParams`` and ``write_qdq`` writes the INT8 file, as for PTQ.
+moving average of min/max until ``freeze_ranges_at``, or learned (``learn_ranges``, LSQ+). The trained
+weights, biases and ranges become ``QuantParams`` and ``write_qdq`` writes the INT8 file, as for PTQ.
 """
 from __future__ import annotations
 
@@ -52,12 +52,13 @@ class QATConfig:
         d = reject_unknown_keys(cls, d, "QAT")
         if isinstance(d.get("calibration"), dict):
             d["calibration"] = PTQConfig.from_dict(d["calibration"])
-        cfg = cls(**d)
-        if not 0 <= cfg.freeze_ranges_at <= 1:
-            raise ConfigError(f"freeze_ranges_at must be in [0, 1], got {cfg.freeze_ranges_at}")
-        if cfg.lr <= 0 or cfg.range_lr <= 0:
-            raise ConfigError(f"lr and range_lr must be positive, got {cfg.lr} and {cfg.range_lr}")
-        return cfg
+        return cls(**d)
+
+    def __post_init__(self):  # checked for the CLI's and the API's configs too, not only for recipes
+        if not 0 <= self.freeze_ranges_at <= 1:
+            raise ConfigError(f"freeze_ranges_at must be in [0, 1], got {self.freeze_ranges_at}")
+        if self.lr <= 0 or self.range_lr <= 0:
+            raise ConfigError(f"lr and range_lr must be positive, got {self.lr} and {self.range_lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)

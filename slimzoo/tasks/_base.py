@@ -104,7 +104,8 @@ class DatasetTask:
 
     def calibration_batches(self, num_images: int, batch_size: int = 32, offset: int = 0) -> Iterator[torch.Tensor]:
         """``num_images`` training images (evaluation transform, fixed spread-out subset) for calibration;
-        ``offset`` shifts the subset by that many images (another draw of the same size, for benchmarks)."""
+        ``offset`` shifts the subset by that many images: another draw of the same size, disjoint from the
+        first while ``offset`` is below the spacing ``len(train) // num_images`` (benchmarks' calibration draws)."""
         ds = self.train_dataset(augment=False)
         step = max(1, len(ds) // max(1, num_images))
         idx = list(range(offset % step, len(ds), step))[:num_images]
