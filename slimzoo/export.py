@@ -1,6 +1,7 @@
 """Export to ONNX (opset 17, TorchScript exporter, dynamic batch and spatial size) and BN folding."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from pathlib import Path
@@ -23,6 +24,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fuse(copy.deepcopy(model).eval(), inplace=True)
 
 
+@contextlib.contextmanager
+def _mha_fastpath_off():
+    """Send ``nn.MultiheadAttention`` down its plain path: under ``no_grad`` it would take the fused fast path,
+    whose ``aten::_native_multi_head_attention`` the ONNX exporter cannot write."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
 def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,
                 opset: int = OPSET, dynamic: bool = True, output_names: list[str] | None = None) -> Path:
     """Write ``model`` as an ONNX file (checked with ``onnx.checker``), atomically."""
@@ -36,7 +53,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
         dyn.update({n: {0: "batch"} for n in output_names})
 
     def _write(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_inputs,), tmp, opset_version=opset, input_names=["input"],
                               output_names=output_names, dynamic_axes=dyn, do_constant_folding=True,

@@ -61,6 +61,7 @@ def _layer_fn(node):
     return None
 
 
+@torch.enable_grad()  # the caller may be under torch.no_grad(); the rounding is learned by gradient descent
 def _optimise(fn, x_fp: torch.Tensor, aq: TensorQParams, w: torch.Tensor, scale: torch.Tensor, axis: int,
               cfg: AdaRoundConfig, gen: torch.Generator) -> np.ndarray:
     shape = [1] * w.ndim

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .ptq import PTQConfig, _first_images, compute_qparams
+from .preprocess import preprocess
 from .qdq import COMPUTE, QUANT_IO, QdqPlan, plan_qdq, write_qdq
 from .qparams import QuantParams
 
 
-def _only_layer_plan(model, layer: str) -> QdqPlan:
+def _only_layer_plan(model, layer: str, target: str = "onnxruntime") -> QdqPlan:
     """A plan that quantizes ``layer`` (and the activation folded into it) and nothing else."""
     producer_of = {o: n for n in model.graph.node for o in n.output}
     keep = {n.name for n in model.graph.node
@@ -29,7 +30,7 @@ def _only_layer_plan(model, layer: str) -> QdqPlan:
         if n.op_type in ("Relu", "Clip") and producer_of.get(n.input[0]) is not None \
                 and producer_of[n.input[0]].name == layer:
             keep.discard(n.name)
-    return plan_qdq(model, keep)
+    return plan_qdq(model, keep, target)
 
 
 def _sub_qparams(full: QuantParams, full_plan: QdqPlan, plan: QdqPlan) -> QuantParams:
@@ -70,8 +71,9 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
 
     cfg = cfg or PTQConfig()
     model = onnx.load(str(fp32_path))
+    preprocess(model, cfg.target)
     batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
-    full_plan = plan_qdq(model, set(cfg.keep_fp32))
+    full_plan = plan_qdq(model, set(cfg.keep_fp32), cfg.target)
     ranges = collect_ranges(model, full_plan.activations, batches, method=cfg.calibration,
                             percentile=cfg.percentile)
     full = compute_qparams(model, full_plan, ranges)
@@ -88,7 +90,7 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
         int8_metric = evaluate(all_path) if evaluate else None
         for layer in tqdm(full_plan.layers, desc="per-layer analysis", disable=None if progress else True,
                           leave=False):
-            plan = _only_layer_plan(model, layer)
+            plan = _only_layer_plan(model, layer, cfg.target)
             path = write_qdq(model, plan, _sub_qparams(full, full_plan, plan), Path(d) / "one.onnx")
             sqnr = round(_sqnr_db(ref, _outputs(path, batches)), 3)
             layers.append({"name": layer, "module": full_plan.modules[layer], "op": ops[layer], "sqnr_db": sqnr,

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
+import numpy as np
 
 from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .calibrate import collect_ranges
-from .qdq import QdqPlan, plan_qdq, write_qdq
+from .check import Int8Check, check_int8
+from .preprocess import preprocess
+from .qdq import QdqPlan, plan_qdq, with_rescaled, write_qdq
 from .qparams import QuantParams, activation_qparams, weight_qparams
+
+
+class Int8Warning(UserWarning):
+    """An INT8 file that is valid but not what was asked for: layers left in float, or not faster than FP32."""
 
 
 @dataclass
@@ -32,6 +39,13 @@ class PTQConfig:
     adaround_images: int = 256
     calibration_batch_size: int = 32
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
+    target: str = "onnxruntime"  # the runtime the placement is made for: onnxruntime | openvino (qdq.plan_qdq)
+
+    def __post_init__(self):
+        from .qdq import TARGETS
+
+        if self.target not in TARGETS:
+            raise ConfigError(f"quantization target must be one of {', '.join(TARGETS)}, got {self.target!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PTQConfig:
@@ -53,7 +67,7 @@ def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]
         qp.activations[t] = activation_qparams(*ranges[t])
     for w, (axis, _) in plan.weights.items():
         qp.weights[w] = weight_qparams(numpy_helper.to_array(inits[w]).astype("float32"), axis)
-    return qp
+    return with_rescaled(plan, qp)
 
 
 def _first_images(batches: list, n: int) -> list:
@@ -66,6 +80,29 @@ def _first_images(batches: list, n: int) -> list:
     return out
 
 
+def calibration_set(batches: Iterable, num_images: int, batch_size: int) -> list[np.ndarray]:
+    """The first ``num_images`` images of ``batches`` as float32 arrays of ``batch_size`` images.
+
+    A batch may be a tensor or array of images, or an ``(images, targets)`` pair (a DataLoader's).
+    """
+    if num_images < 1 or batch_size < 1:
+        raise ConfigError(f"num_calibration and calibration_batch_size must be at least 1, got {num_images} "
+                          f"and {batch_size}")
+    images, seen = [], 0
+    for b in batches:
+        if isinstance(b, (tuple, list)):
+            b = b[0]
+        b = np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b, dtype=np.float32)
+        images.append(b[: num_images - seen])
+        seen += len(images[-1])
+        if seen >= num_images:
+            break
+    if not images:
+        raise ConfigError("no calibration images: the calibration data yielded no batch")
+    x = np.concatenate(images) if len(images) > 1 else images[0]
+    return [x[i: i + batch_size] for i in range(0, len(x), batch_size)]
+
+
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
                   ) -> tuple[Path, QuantParams, QdqPlan]:
     """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
@@ -73,12 +110,13 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
 
     cfg = cfg or PTQConfig()
     model = onnx.load(str(fp32_path))
+    preprocess(model, cfg.target)
     if cfg.equalize:
         from .equalize import equalize_cross_layer
 
         model = equalize_cross_layer(model)
-    batches = [b.numpy() if hasattr(b, "numpy") else b for b in batches]  # used more than once
-    plan = plan_qdq(model, set(cfg.keep_fp32))
+    batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
+    plan = plan_qdq(model, set(cfg.keep_fp32), cfg.target)
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges)
     if cfg.adaround:
@@ -94,11 +132,31 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
 
 
 def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, out_path: str | Path,
-             cfg: PTQConfig | None = None) -> Path:
-    """Quantize a PyTorch model to an INT8 QDQ ONNX file (task-agnostic: any model, any image batches)."""
+             cfg: PTQConfig | None = None, *, check: bool = True) -> Path:
+    """Quantize a PyTorch model to an INT8 QDQ ONNX file (task-agnostic: any model, any image batches).
+
+    With ``check`` (the default), the file is then read as ONNX Runtime runs it and timed against the FP32
+    model at one thread (:func:`slimzoo.quant.check.check_int8`); the figures are written beside the file
+    (``<file>.check.json``) and a warning says plainly when a weighted layer stayed in float or the INT8
+    file is not faster.
+    """
     from ..export import export_onnx, fold_batchnorm
 
     with tempfile.TemporaryDirectory() as d:
         fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example_inputs)
         path, _, _ = quantize_onnx(fp32, out_path, batches, cfg)
+        if check:
+            report_check(check_int8(fp32, path, (1, *example_inputs.shape[1:])), path)
     return path
+
+
+def report_check(result: Int8Check, path: str | Path) -> Int8Check:
+    """Write ``result`` beside ``path`` (``<file>.check.json``) and warn about each problem it shows."""
+    import warnings
+
+    from ..storage import write_json
+
+    write_json(Path(str(path) + ".check.json"), result.to_dict())
+    for problem in result.problems():
+        warnings.warn(f"{path}: {problem}", Int8Warning, stacklevel=3)
+    return result

@@ -16,10 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .qparams import QuantParams, quantize_bias
+from .qparams import QuantParams, WeightQParams, bias_safe_weight_scale, quantize_bias, quantize_weight
 
-COMPUTE = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
-QUANT_IO = {"Add", "Concat", "GlobalAveragePool", "AveragePool", "Resize"}
+COMPUTE = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
+# convolutions: ONNX Runtime has no conv kernel with integer inputs and a float output, so their output
+# is always quantized (the op after runs on it directly or between DequantizeLinear and QuantizeLinear)
+CONV_OPS = {"Conv", "ConvTranspose"}
+# ops with an integer kernel in ONNX Runtime's CPU provider when Q/DQ surround them (QLinearAdd, QLinearMul,
+# QLinearConcat, QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid, QLinearLeakyRelu,
+# QLinearSoftmax; Resize runs on uint8 directly); the choice of each is measured in docs/quantization.md
+QUANT_IO = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Resize", "Sigmoid", "LeakyRelu",
+            "Softmax"}
+BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no float constant operand
+# MatMul between two activations (attention's Q.K^T and A.V): left in float, as measured faster in ONNX Runtime
+# on torchvision's ViT (docs/quantization.md; benchmarks/qdq_placement.py toggles it)
+ACTIVATION_MATMUL = False
 PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
 
 
@@ -36,6 +47,11 @@ class QdqPlan:
     folded: dict[str, str] = field(default_factory=dict)  # removed ReLU/Clip node name -> its output tensor
     layers: list[str] = field(default_factory=list)  # names of quantized Conv/Gemm/MatMul nodes
     modules: dict[str, str] = field(default_factory=dict)  # node name -> PyTorch module name (from its weight)
+    # Mul/Div by a positive constant on a quantized tensor: removed; readers of its output get a
+    # DequantizeLinear of the source's uint8 tensor with the scale multiplied by the factor (free)
+    rescaled: dict[str, tuple[str, float]] = field(default_factory=dict)  # output -> (quantized source, factor)
+    rescale_nodes: set[str] = field(default_factory=set)  # names of the removed Mul/Div nodes
+    constants: dict[str, float] = field(default_factory=dict)  # scalar constant operand of a quantized op -> value
 
 
 def _const_value(model, name: str):
@@ -76,11 +92,22 @@ def _non_float_tensors(model) -> set[str]:
     return {v.name for v in vis if v.type.tensor_type.elem_type not in (0, onnx.TensorProto.FLOAT)}
 
 
-def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
+TARGETS = ("onnxruntime", "openvino")
+
+
+def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntime") -> QdqPlan:
     """Decide quantization placement for an FP32 ONNX model.
 
-    ``keep_fp32`` names layers to leave in float, by ONNX node name or PyTorch module name.
+    ``keep_fp32`` names layers to leave in float, by ONNX node name or PyTorch module name. ``target``:
+    ``onnxruntime`` quantizes every conv's output (its integer conv kernels need the QuantizeLinear after
+    the conv); ``openvino`` quantizes a conv's output only where an integer op reads it, as NNCF does
+    (OpenVINO runs a conv in int8 from its quantized inputs alone, and a QuantizeLinear before a float op
+    such as Hardswish only costs it time).
     """
+    if target not in TARGETS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown target runtime {target!r}; choose one of {', '.join(TARGETS)}")
     keep_fp32 = set(keep_fp32 or ())
     g = model.graph
     inits = {i.name for i in g.initializer}
@@ -97,33 +124,56 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
     plan = QdqPlan()
 
-    graph_inputs = {i.name for i in g.input} - inits
+    def scalar(t: str) -> float | None:
+        if t not in consts:
+            return None
+        v = _const_value(model, t)
+        return float(np.asarray(v).ravel()[0]) if v is not None and np.asarray(v).size == 1 else None
 
-    def from_quantized_region(t: str, region: set) -> bool:
-        """Whether ``t`` comes (through data movement or ReLU) from the input or a quantized op."""
-        while t not in graph_inputs:
-            p = producer.get(t)
-            if p is None:
-                return False
-            if p.name in region:
+    # Mul/Div of an activation by a positive scalar constant (a hard activation's 1/6): a change of scale only
+    rescale: dict[str, tuple[str, float]] = {}  # node name -> (input tensor, factor)
+    for n in g.node:
+        if n.op_type not in ("Mul", "Div") or n.name in keep_fp32 or len(n.input) != 2:
+            continue
+        a, b = (n.input[0], scalar(n.input[1])), (n.input[1], scalar(n.input[0]))
+        for x, c in (a, b) if n.op_type == "Mul" else (a,):
+            if c is not None and c > 0 and x not in consts and n.output[0] not in graph_outputs:
+                rescale[n.name] = (x, c if n.op_type == "Mul" else 1.0 / c)
+                break
+
+    def feeds(t: str, accept, seen: set) -> bool:
+        """Whether ``t`` reaches a node for which ``accept`` holds, through data movement (and ReLU) only."""
+        for c in consumers[t]:
+            if accept(c):
                 return True
-            if p.op_type not in PASSTHROUGH and p.op_type not in ("Relu", "Clip"):
-                return False
-            t = p.input[0]
-        return True
+            if (c.op_type in PASSTHROUGH or c.op_type in ("Relu", "Clip") or c.name in rescale) \
+                    and c.name not in keep_fp32 and c.output[0] not in seen:
+                seen.add(c.output[0])
+                if feeds(c.output[0], accept, seen):
+                    return True
+        return False
 
-    # Which ops run in INT8: every conv/gemm with constant weights, and an add/concat/pool/resize
-    # only inside the quantized region (fed by one of those), so that float post-processing in the
-    # graph (a detector's box decoding: sigmoid, grid add, the final concat of boxes and scores) stays
-    # float. Nodes are in topological order.
+    # Which ops run in INT8: every conv/gemm/matmul with constant weights, and an op with an integer kernel
+    # (add, mul, concat, pooling, sigmoid, ...) when its output feeds one of those, so that float
+    # post-processing in the graph (a detector's box decoding: sigmoid, grid add, the final concat of boxes
+    # and scores) stays float. Decided in reverse topological order, so a chain (sigmoid -> mul -> conv)
+    # joins from the conv backwards.
     region: set[str] = set()
     for n in g.node:
         if n.name in keep_fp32 or n.output[0] in nonfloat:
             continue
         if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in inits:
             region.add(n.name)
-        elif n.op_type in QUANT_IO and any(from_quantized_region(i, region) for i in n.input
-                                           if i and i not in consts):
+        elif ACTIVATION_MATMUL and n.op_type == "MatMul" and not any(i in consts for i in n.input):
+            region.add(n.name)
+    for n in reversed(g.node):
+        if n.op_type not in QUANT_IO or n.name in keep_fp32 or n.output[0] in nonfloat:
+            continue
+        if n.name in rescale:
+            continue
+        if n.op_type in BINARY and any(i in consts and scalar(i) is None for i in n.input):
+            continue  # a constant tensor operand (a bias add, a layer scale) keeps the op in float
+        if feeds(n.output[0], lambda c: c.name in region, set()):
             region.add(n.name)
 
     def is_quantized_op(n) -> bool:
@@ -132,14 +182,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     def feeds_quantized(t: str, seen: set) -> bool:
         """Whether ``t`` reaches a quantized op (through data movement only). A tensor that does not,
         such as a detector's raw head output going into float box decoding, keeps full precision."""
-        for c in consumers[t]:
-            if is_quantized_op(c):
-                return True
-            if c.op_type in PASSTHROUGH and c.name not in keep_fp32 and c.output[0] not in seen:
-                seen.add(c.output[0])
-                if feeds_quantized(c.output[0], seen):
-                    return True
-        return False
+        return feeds(t, is_quantized_op, seen)
 
     # 1. activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y
     effective_out: dict[str, str] = {}  # output of P -> tensor that will carry the quantized value
@@ -148,10 +191,11 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
             continue
         x = n.input[0]
         p = producer.get(x)
-        if p is None or not is_quantized_op(p) or p.op_type not in ("Conv", "Gemm", "MatMul", "Add"):
+        if p is None or not is_quantized_op(p) or p.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
             continue
-        if len(consumers[x]) != 1 or x in graph_outputs or not feeds_quantized(n.output[0], set()):
-            continue  # a folded ReLU needs the uint8 tensor after it to clamp at zero
+        if len(consumers[x]) != 1 or x in graph_outputs or \
+                (p.op_type not in CONV_OPS or target != "onnxruntime") and not feeds_quantized(n.output[0], set()):
+            continue  # a folded ReLU needs the uint8 tensor after it (a conv's output always has one)
         if n.op_type == "Clip":
             lo = _const_value(model, n.input[1]) if len(n.input) > 1 and n.input[1] else _attr(n, "min")
             if lo is None or float(np.asarray(lo)) != 0.0:
@@ -171,11 +215,15 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
             continue
         if n.op_type in COMPUTE:
             w = n.input[COMPUTE[n.op_type]]
-            if w not in inits:
-                continue  # activation x activation MatMul: leave float
+            if w not in inits:  # activation x activation MatMul (only with ACTIVATION_MATMUL)
+                add(n.input[0])
+                add(w)
+                if feeds_quantized(n.output[0], set()):
+                    add(n.output[0])
+                continue
             add(n.input[0])
             axis = 0
-            if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type == "MatMul":
+            if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type in ("MatMul", "ConvTranspose"):
                 axis = 1
             plan.weights.setdefault(w, (axis, n.name))
             b = alias.get(n.input[2], n.input[2]) if len(n.input) > 2 else ""
@@ -187,14 +235,32 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
             for i in n.input:
                 if i not in consts:
                     add(i)
+                elif n.op_type in BINARY:  # a scalar: quantized exactly, so the integer kernel takes it
+                    plan.constants[i] = scalar(i)
         out = effective_out.get(n.output[0], n.output[0])
-        if out not in graph_outputs and feeds_quantized(out, set()):
+        if n.op_type in CONV_OPS and target == "onnxruntime":
+            add(out)  # whatever follows: the runtime fuses a conv only with a QuantizeLinear after it
+        elif out not in graph_outputs and (n.op_type in QUANT_IO or feeds_quantized(out, set())):
             add(out)
-    # 3. data-movement ops between quantized tensors reuse their input's qparams
+    # 3. data-movement ops between quantized tensors reuse their input's qparams; a rescale reads the
+    # quantized source with a scaled DequantizeLinear
     changed = True
     while changed:
         changed = False
         for n in g.node:
+            if n.name in rescale and n.output[0] not in plan.rescaled:
+                x, factor = rescale[n.name]
+                if x in plan.rescaled:
+                    x, f0 = plan.rescaled[x]
+                    factor *= f0
+                if x in acts or x in plan.shared:
+                    o = n.output[0]
+                    if o in acts:
+                        acts.remove(o)
+                    plan.rescaled[o] = (x, factor)
+                    plan.rescale_nodes.add(n.name)
+                    changed = True
+                continue
             if n.op_type in PASSTHROUGH and n.name not in keep_fp32 and n.input[0] in (set(acts) | set(plan.shared)):
                 o = n.output[0]
                 if o in acts:
@@ -206,6 +272,51 @@ def plan_qdq(model, keep_fp32: set[str] | None = None) -> QdqPlan:
     return plan
 
 
+def with_rescaled(plan: QdqPlan, qp: QuantParams) -> QuantParams:
+    """``qp`` with the qparams of every rescaled tensor added (its source's, the scale times the factor), so that
+    a conv reading one quantizes its bias on the right accumulator scale."""
+    from .qparams import TensorQParams
+
+    for o, (src, factor) in plan.rescaled.items():
+        a = qp.activations.get(plan.shared.get(src, src))
+        if a is not None:
+            qp.activations[o] = TensorQParams(float(np.float32(a.scale * factor)), a.zero_point)
+    return qp
+
+
+def fit_biases(model, plan: QdqPlan, qp: QuantParams) -> tuple[QuantParams, list[str]]:
+    """``qp`` with weight scales raised on the channels whose int32 bias would otherwise saturate.
+
+    Returns the new parameters and the nodes whose weights were re-scaled (a channel of near-zero weights
+    and a sizeable bias: its weights lose nothing, and the bias stays exact instead of clipping).
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    weights, touched = dict(qp.weights), []
+    for node_name, (b, x, w) in plan.biases.items():
+        x_src = plan.shared.get(x, x)
+        if x_src not in qp.activations or w not in weights:
+            continue
+        bias = qp.biases.get(node_name)
+        if bias is None:
+            bias = numpy_helper.to_array(inits[b]).astype(np.float32)
+        wq = weights[w]
+        safe = bias_safe_weight_scale(bias, qp.activations[x_src].scale, wq.scale)
+        if np.array_equal(safe, wq.scale):
+            continue
+        raised = safe != wq.scale
+        w_fp = numpy_helper.to_array(inits[w]).astype(np.float32)
+        qweight = wq.qweight.copy()
+        fresh = quantize_weight(w_fp, safe, wq.axis)
+        idx = [slice(None)] * qweight.ndim
+        idx[wq.axis] = raised
+        qweight[tuple(idx)] = fresh[tuple(idx)]
+        weights[w] = WeightQParams(scale=safe, qweight=qweight, axis=wq.axis)
+        touched.append(node_name)
+    return QuantParams(activations=qp.activations, weights=weights, biases=qp.biases), touched
+
+
 def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
     """Write the QDQ ONNX file for ``model`` (FP32, BN folded) from ``plan`` and ``qp``, atomically."""
     import onnx
@@ -213,6 +324,13 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
 
     from ..storage import atomic_write
 
+    qp, touched = fit_biases(model, plan, with_rescaled(plan, qp))
+    if touched:
+        import warnings
+
+        warnings.warn(f"{len(touched)} layer(s) have channels with near-zero weights and a bias too large for an "
+                      f"int32 accumulator at the floor weight scale; their weight scale was raised to keep the "
+                      f"bias exact: {', '.join(touched[:5])}{' ...' if len(touched) > 5 else ''}", stacklevel=2)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -263,8 +381,27 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
                                            [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear", axis=0))
         bias_input[node_name] = f"{stem}_dequantized"
 
+    for t, value in plan.constants.items():  # scalar operands: exact on a uint8 grid of one step
+        scale = abs(value) / 255 if value else 1.0
+        new_inits += [numpy_helper.from_array(np.array(255 if value > 0 else 0, np.uint8), f"{t}_quantized"),
+                      numpy_helper.from_array(np.array(scale, np.float32), f"{t}_scale"),
+                      numpy_helper.from_array(np.array(255 if value < 0 else 0, np.uint8), f"{t}_zero_point")]
+        head_nodes.append(helper.make_node("DequantizeLinear", [f"{t}_quantized", f"{t}_scale", f"{t}_zero_point"],
+                                           [f"{t}_dequantized"], name=f"{t}_DequantizeLinear"))
+        rename[t] = f"{t}_dequantized"
+
+    def rescaled_nodes(o: str) -> list:
+        src, _ = plan.rescaled[o]
+        a = qp.activations[o]
+        new_inits.append(numpy_helper.from_array(np.array(a.scale, np.float32), f"{o}_scale"))
+        new_inits.append(numpy_helper.from_array(np.array(a.zero_point, np.uint8), f"{o}_zero_point"))
+        rename[o] = f"{o}_dequantized"
+        return [helper.make_node("DequantizeLinear", [f"{src}_quantized", f"{o}_scale", f"{o}_zero_point"],
+                                 [f"{o}_dequantized"], name=f"{o}_DequantizeLinear")]
+
     quantized = set(plan.activations) | set(plan.shared)
     graph_inputs = {i.name for i in g.input}
+    graph_out_names = {o.name for o in g.output}
     for t in plan.activations:
         if t in graph_inputs:
             head_nodes += qdq_nodes(t)
@@ -280,17 +417,40 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
     for n in g.node:
         if n.name in folded_nodes:
             continue
+        if n.name in plan.rescale_nodes:
+            body += rescaled_nodes(n.output[0])
+            continue
         for k, i in enumerate(n.input):
             if i in rename:
                 n.input[k] = rename[i]
         if n.name in bias_input:
             n.input[2] = bias_input[n.name]
         body.append(n)
-        for o in n.output:
-            if o in quantized:
+        for k, o in enumerate(n.output):
+            if o in quantized and o in graph_out_names:
+                # a quantized graph output (a conv's): the node writes a twin, the DequantizeLinear the output
+                s, z = scalar_qparams(o)
+                n.output[k] = f"{o}_prequant"
+                body += [helper.make_node("QuantizeLinear", [n.output[k], s, z], [f"{o}_quantized"],
+                                          name=f"{o}_QuantizeLinear"),
+                         helper.make_node("DequantizeLinear", [f"{o}_quantized", s, z], [o],
+                                          name=f"{o}_DequantizeLinear")]
+            elif o in quantized:
                 body += qdq_nodes(o)
+    nodes = head_nodes + body
+    # a quantized tensor read only through rescaled DequantizeLinears leaves its own DequantizeLinear unread:
+    # drop unread Q/DQ nodes (a dangling DequantizeLinear would make ONNX Runtime transpose layouts for it)
+    outputs = {o.name for o in g.output}
+    while True:
+        read = {i for n in nodes for i in n.input} | outputs
+        dead = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        gone = {id(n) for n in dead}
+        nodes = [n for n in nodes if id(n) not in gone]
     del g.node[:]
-    g.node.extend(head_nodes + body)
+    g.node.extend(nodes)
     still_used = {i for n in g.node for i in n.input}
     keep = [i for i in g.initializer if i.name not in removed_inits and i.name in still_used]
     del g.initializer[:]

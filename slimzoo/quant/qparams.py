@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 UINT8 = (0, 255)
+INT32_MAX = 2**31 - 1
 INT8_SYM = (-127, 127)  # symmetric weights: -128 unused, so the grid is symmetric around zero
 
 
@@ -86,6 +87,18 @@ def weight_qparams(w: np.ndarray, axis: int = 0) -> WeightQParams:
 def quantize_bias(b: np.ndarray, input_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int32 bias with scale ``input_scale * w_scale`` (what integer conv kernels accumulate in)."""
     # integer kernels assume exactly this scale, so out-of-range values are clipped, not rescaled
+    # in float64: float32 cannot hold 2**31 - 1 (it rounds to 2**31, which wraps to INT32_MIN in the cast)
     s = (np.float32(input_scale) * w_scale).astype(np.float32)
-    q = np.clip(np.round(b / s), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+    q = np.clip(np.round(np.asarray(b, np.float64) / s.astype(np.float64)), -INT32_MAX, INT32_MAX).astype(np.int32)
     return q, s
+
+
+def bias_safe_weight_scale(b: np.ndarray, input_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """Per-channel weight scales, raised where needed so that ``b / (input_scale * w_scale)`` fits int32.
+
+    A channel whose weights are all (near) zero gets the floor scale; its bias then needs more than
+    2**31 accumulator steps. Raising that channel's weight scale loses nothing (its weights round to the
+    same few values) and keeps the bias exact instead of saturating it.
+    """
+    need = np.abs(np.asarray(b, np.float64)) / (float(np.float32(input_scale)) * (INT32_MAX - 1024))
+    return np.maximum(w_scale.astype(np.float64), need).astype(np.float32)

@@ -1,0 +1,166 @@
+"""Graph clean-up before quantization: patterns an FP32 ONNX file may hold that would keep a conv in float.
+
+- a zero ``Pad`` right before a ``Conv`` (TF-style "SAME" padding, e.g. EfficientNet-Lite) is merged into
+  the conv's own ``pads``, so the conv's input can be quantized where the conv reads it.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def _const(model, name: str):
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _const_through(model, name: str, depth: int = 32):
+    """The value of ``name`` if it is a constant or computed from constants only (the shape arithmetic the
+    exporter writes for a dynamic-size ``Pad``), evaluated node by node; None otherwise."""
+    value = _const(model, name)
+    if value is not None or depth == 0 or not name:
+        return value
+    producer = next((n for n in model.graph.node if name in n.output), None)
+    if producer is None or producer.op_type in ("Shape", "Size"):
+        return None  # depends on the input's size
+    inputs = []
+    for i in producer.input:
+        v = _const_through(model, i, depth - 1) if i else None
+        if i and v is None:
+            return None
+        inputs.append(v)
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        outs = ReferenceEvaluator(producer).run(None, {i: v for i, v in zip(producer.input, inputs) if i})
+    except Exception:  # noqa: BLE001 - an op the reference evaluator lacks: treat as not constant
+        return None
+    return outs[list(producer.output).index(name)]
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _zero_spatial_pads(model, pad) -> list[int] | None:
+    """The spatial pads of a constant-zero NCHW ``Pad`` node as [top, left, bottom, right], or None."""
+    if (_attr(pad, "mode", b"constant") or b"constant") not in (b"constant", "constant"):
+        return None
+    pads = _const_through(model, pad.input[1]) if len(pad.input) > 1 and pad.input[1] else _attr(pad, "pads")
+    value = _const_through(model, pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0.0
+    if pads is None or value is None or float(np.asarray(value)) != 0.0 or len(pad.input) > 3 and pad.input[3]:
+        return None
+    pads = [int(p) for p in np.asarray(pads).ravel()]
+    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None  # pads on batch or channels, or a crop
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def fuse_pad_into_conv(model) -> int:
+    """Merge zero ``Pad`` nodes into the ``Conv`` nodes they feed (in place); returns how many were merged."""
+    g = model.graph
+    consumers: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in g.output}
+    drop = []
+    for pad in g.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs:
+            continue
+        users = consumers[pad.output[0]]
+        if not users or any(u.op_type != "Conv" or u.input[0] != pad.output[0] for u in users):
+            continue
+        extra = _zero_spatial_pads(model, pad)
+        if extra is None or any(_attr(u, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") for u in users):
+            continue
+        for u in users:
+            own = list(_attr(u, "pads", [0, 0, 0, 0]))
+            if len(own) != 4:
+                break
+            for a in list(u.attribute):
+                if a.name == "pads":
+                    u.attribute.remove(a)
+            from onnx import helper
+
+            u.attribute.append(helper.make_attribute("pads", [o + e for o, e in zip(own, extra)]))
+            u.input[0] = pad.input[0]
+        else:
+            drop.append(pad)
+    for pad in drop:
+        g.node.remove(pad)
+    return len(drop)
+
+
+def decompose_hard_activations(model) -> int:
+    """Rewrite ``HardSwish`` and ``HardSigmoid`` (in place) into ops that have integer kernels; returns how many.
+
+    ``HardSwish(x) = x * Clip(x + 3, 0, 6) / 6`` and ``HardSigmoid(x) = Clip(x + b/a, 0, 1/a) * a``: once
+    quantized, ``x + c`` runs as QLinearAdd (the Clip is the uint8 range of its output), the product as
+    QLinearMul, and the final scaling by a constant costs nothing (it is folded into the next
+    DequantizeLinear's scale, see ``qdq.plan_qdq``). ONNX Runtime has no integer HardSwish, so left whole it
+    runs in float between a DequantizeLinear and a QuantizeLinear: four passes over float data instead of two
+    over bytes. The rewrite is exact in float.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    new_nodes, new_inits, done = [], [], 0
+
+    def const(name: str, value: float) -> str:
+        new_inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    for n in g.node:
+        if n.op_type == "HardSwish":
+            shift, hi, scale = 3.0, 6.0, 1.0 / 6.0
+        elif n.op_type == "HardSigmoid":
+            alpha, beta = float(_attr(n, "alpha", 0.2)), float(_attr(n, "beta", 0.5))
+            if alpha <= 0:
+                new_nodes.append(n)
+                continue
+            shift, hi, scale = beta / alpha, 1.0 / alpha, alpha
+        else:
+            new_nodes.append(n)
+            continue
+        x, y, stem = n.input[0], n.output[0], n.name or y
+        c_shift, c_zero, c_hi = (const(f"{stem}_shift", shift), const(f"{stem}_zero", 0.0),
+                                 const(f"{stem}_high", hi))
+        new_nodes += [helper.make_node("Add", [x, c_shift], [f"{stem}_shifted"], name=f"{stem}_add"),
+                      helper.make_node("Clip", [f"{stem}_shifted", c_zero, c_hi], [f"{stem}_clipped"],
+                                       name=f"{stem}_clip")]
+        gated = f"{stem}_clipped"
+        if n.op_type == "HardSwish":
+            new_nodes.append(helper.make_node("Mul", [x, gated], [f"{stem}_product"], name=f"{stem}_mul"))
+            gated = f"{stem}_product"
+        new_nodes.append(helper.make_node("Mul", [gated, const(f"{stem}_scale", scale)], [y], name=f"{stem}_scale"))
+        done += 1
+    if done:
+        del g.node[:]
+        g.node.extend(new_nodes)
+        g.initializer.extend(new_inits)
+    return done
+
+
+def preprocess(model, target: str = "onnxruntime"):
+    """Apply every clean-up to ``model`` in place; returns a dict of what was done (for reports).
+
+    The hard activations are decomposed for ONNX Runtime only: OpenVINO runs them whole, fused into its convs.
+    """
+    done = {"pads_fused": fuse_pad_into_conv(model)}
+    if target == "onnxruntime":
+        done["hard_activations_decomposed"] = decompose_hard_activations(model)
+    return done
