@@ -178,7 +178,7 @@ def cmd_quant(args) -> None:
     model = _model(args, task.num_classes)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction, adaround=args.adaround,
-                    adaround_iters=args.adaround_iters)
+                    adaround_iters=args.adaround_iters, target=args.target)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -201,9 +201,26 @@ def cmd_quant(args) -> None:
             print(f"wrote {out.with_suffix('.analysis.json')} and {out.with_suffix('.analysis.png')}")
         if args.max_drop is None:
             quantize_onnx(fp32, out, calib, cfg)
-    print(f"wrote {out}")
+        print(f"wrote {out}")
+        if not args.no_check:
+            _report_int8_check(fp32, out, (1, 3, args.image_size, args.image_size))
     if not args.no_eval:
         print(json.dumps(task.evaluate(OnnxPredictor(out), progress=True), indent=2))
+
+
+def _report_int8_check(fp32: Path, out: Path, shape: tuple[int, ...]) -> None:
+    """Print how many layers run as integer ops and the INT8 / FP32 speed at one thread; warn plainly if not faster."""
+    import warnings
+
+    from .quant.check import check_int8
+    from .quant.ptq import report_check
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = report_check(check_int8(fp32, out, shape), out)
+    print(result.summary() + f" (written to {out}.check.json)")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def cmd_qat(args) -> None:
@@ -447,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--adaround-iters", type=int, default=300, help="optimisation steps per layer for --adaround")
     sp.add_argument("--keep-fp32", nargs="*",
                     help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
+    sp.add_argument("--target", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                    help="runtime the Q/DQ placement is made for (onnxruntime: every conv runs as QLinearConv; "
+                         "openvino: Q/DQ only where an integer op reads them, as NNCF places them)")
+    sp.add_argument("--no-check", action="store_true",
+                    help="skip counting integer ops and timing the INT8 file against FP32 at one thread")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
     sp.add_argument("--analyze", action="store_true",
                     help="per-layer analysis: SQNR and metric change with only that layer INT8 "

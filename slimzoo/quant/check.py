@@ -1,0 +1,152 @@
+"""What an INT8 file becomes in the runtime: which layers run as integer kernels, and whether it is faster.
+
+A QDQ file only *asks* for integer kernels; ONNX Runtime grants them where its fusions match. A conv it
+cannot fuse runs in float on dequantized int8 weights, slower than in the FP32 file, and nothing fails.
+``integer_layers`` reads the graph ONNX Runtime actually runs; ``check_int8`` adds the INT8 / FP32
+latency at one thread, measured side by side, and says plainly when the file is not faster.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# integer kernels of ONNX Runtime's CPU provider for weighted layers
+INTEGER_OPS = {"QLinearConv", "QLinearConvTranspose", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger",
+               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}
+FLOAT_OPS = {"Conv", "ConvTranspose", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+
+
+@dataclass
+class Int8Check:
+    """The integer-op count of an INT8 file and (when measured) its latency against the FP32 file."""
+
+    integer: int  # weighted layers (Conv, ConvTranspose, Gemm, MatMul with constant weights) run as integer ops
+    total: int  # weighted layers in the file
+    float_layers: list[str] = field(default_factory=list)  # weighted layers left in float, by node name
+    activation_matmuls: int = 0  # MatMul between two activations (attention), left in float by design
+    fp32_ms: float | None = None  # median latency at one thread
+    int8_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        return None if not self.int8_ms else self.fp32_ms / self.int8_ms
+
+    @property
+    def faster(self) -> bool | None:
+        return None if self.speedup is None else self.speedup > 1.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["speedup"] = None if self.speedup is None else round(self.speedup, 3)
+        return d
+
+    def summary(self) -> str:
+        s = f"{self.integer}/{self.total} weighted layers run as integer ops in ONNX Runtime"
+        if self.activation_matmuls:
+            s += f" ({self.activation_matmuls} activation x activation MatMul left in float)"
+        if self.speedup is not None:
+            s += f"; INT8 {self.int8_ms:.2f} ms vs FP32 {self.fp32_ms:.2f} ms at 1 thread ({self.speedup:.2f}x)"
+        return s
+
+    def problems(self) -> list[str]:
+        """Plain sentences for what is wrong with the file, each with what to do; empty when nothing is."""
+        out = []
+        if self.float_layers:
+            names = ", ".join(self.float_layers[:8]) + (" ..." if len(self.float_layers) > 8 else "")
+            out.append(f"{len(self.float_layers)} weighted layer(s) still run in float: {names}. They read int8 "
+                       "weights through DequantizeLinear, slower than in the FP32 file; leave them in FP32 "
+                       "explicitly (keep_fp32 / --keep-fp32) or report the pattern that blocks them")
+        if self.faster is False:
+            out.append(f"the INT8 file is not faster than FP32 at 1 thread ({self.int8_ms:.2f} vs "
+                       f"{self.fp32_ms:.2f} ms): the model is too small for int8 to pay for its conversions, or "
+                       "float ops between quantized layers dominate; deploy the FP32 file, or try "
+                       "--target openvino")
+        return out
+
+
+def _optimized_graph(path: str | Path):
+    """The graph ONNX Runtime's CPU provider runs for ``path`` (its QDQ fusions applied, layouts untouched)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx.load(str(Path(d) / "opt.onnx")).graph
+
+
+def integer_layers(int8_path: str | Path) -> Int8Check:
+    """Count the weighted layers of an INT8 file that ONNX Runtime runs as integer ops."""
+    g = _optimized_graph(int8_path)
+    consts = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    deq_const = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    weights = consts | deq_const
+    integer, floats, act_mm = 0, [], 0
+    for n in g.node:
+        if n.op_type in INTEGER_OPS:
+            integer += 1
+        elif n.op_type in FLOAT_OPS:
+            w = 0 if n.op_type in ("Gemm", "FusedGemm") and len(n.input) > 1 and n.input[0] in weights else 1
+            if len(n.input) > w and n.input[w] in weights:
+                floats.append(n.name)
+            elif n.op_type in ("MatMul", "FusedMatMul"):
+                act_mm += 1
+    return Int8Check(integer=integer, total=integer + len(floats), float_layers=floats, activation_matmuls=act_mm)
+
+
+def _median_ms(sess, feed, runs: int, budget_s: float) -> float:
+    for _ in range(3):
+        sess.run(None, feed)
+    times, start = [], time.perf_counter()
+    while len(times) < runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def input_shape(path: str | Path, default_hw: tuple[int, int] = (224, 224)) -> tuple[int, ...]:
+    """A concrete input shape for an ONNX file: batch 1, named sizes of dynamic spatial dims by ``default_hw``."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.dim_value > 0 else 0 for d in dims]
+    if shape:
+        shape[0] = 1
+    for k, hw in zip(range(len(shape) - 2, len(shape)), default_hw):
+        if k >= 1 and shape[k] == 0:
+            shape[k] = hw
+    return tuple(s or 1 for s in shape)
+
+
+def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, ...] | None = None, *,
+               runs: int = 20, budget_s: float = 2.0) -> Int8Check:
+    """Integer-op count of ``int8_path`` and its T1 latency against ``fp32_path``, measured interleaved
+    (FP32, INT8, FP32, INT8) so that load on the machine falls on both alike."""
+    import onnxruntime as ort
+
+    check = integer_layers(int8_path)
+    shape = shape or input_shape(fp32_path)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sessions = []
+    for p in (fp32_path, int8_path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        sessions.append((s, {s.get_inputs()[0].name: x}))
+    fp, q = [], []
+    for _ in range(2):
+        fp.append(_median_ms(*sessions[0], runs // 2, budget_s / 4))
+        q.append(_median_ms(*sessions[1], runs // 2, budget_s / 4))
+    check.fp32_ms, check.int8_ms = round(min(fp), 3), round(min(q), 3)
+    return check

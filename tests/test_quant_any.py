@@ -1,0 +1,169 @@
+"""INT8 for networks slimzoo was not built for: every weighted layer must run as an integer op in ONNX Runtime."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slimzoo.quant import Int8Check, PTQConfig, integer_layers, quantize, quantize_onnx
+
+
+class TwoOutputs(nn.Module):
+    """Hardswish, SiLU, a squeeze-excite gate, TF-style zero padding, torch.cat and two outputs."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(cin, cout, act, stride=1, groups=1):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                                 act())
+        self.stem = block(3, 16, nn.Hardswish, 2)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.dw = nn.Conv2d(16, 16, 3, 2, groups=16)
+        self.a = block(16, 16, nn.SiLU)
+        self.b = block(16, 16, nn.Hardswish)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1),
+                                nn.Sigmoid())
+        self.head = nn.Linear(32, 10)
+        self.dense = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        x = self.dw(self.pad(self.stem(x)))
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        y = y * self.se(y)
+        return self.head(y.mean((2, 3))), self.dense(y)
+
+
+def _warm(m, size=64):
+    torch.manual_seed(0)
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(8, 3, size, size))
+    return m.eval()
+
+
+def _batches(size=64, n=2):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(8, 3, size, size, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("make", [TwoOutputs, lambda: __import__("torchvision").models.mobilenet_v3_small(
+    num_classes=10)], ids=["custom-two-outputs", "mobilenet_v3_small"])
+def test_every_weighted_layer_runs_as_integer_op(tmp_path, make):
+    from slimzoo.runtime import ort_session
+
+    m = _warm(make())
+    x = torch.randn(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the speed check may find a tiny net not faster: not what this test is about
+        path = quantize(m, x, _batches(), tmp_path / "q.onnx")
+    check = integer_layers(path)
+    assert check.float_layers == [] and check.integer == check.total > 0, check
+    assert (tmp_path / "q.onnx.check.json").exists()
+    xt = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(xt)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    outs = ort_session(path, 1).run(None, {"input": xt.numpy()})
+    assert len(outs) == len(ref)
+    for r, o in zip(ref, outs):
+        assert o.shape == tuple(r.shape)
+        assert np.corrcoef(r.numpy().ravel(), o.ravel())[0, 1] > 0.95
+
+
+def test_zero_pad_before_conv_is_fused_and_exact(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.preprocess import fuse_pad_into_conv
+    from slimzoo.runtime import ort_session
+
+    m = nn.Sequential(nn.ZeroPad2d((1, 2, 0, 1)), nn.Conv2d(3, 4, 3)).eval()
+    path = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 16, 16))
+    model = onnx.load(str(path))
+    assert fuse_pad_into_conv(model) == 1 and not any(n.op_type == "Pad" for n in model.graph.node)
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    x = torch.randn(2, 3, 16, 16)
+    np.testing.assert_allclose(ort_session(tmp_path / "fused.onnx", 1).run(None, {"input": x.numpy()})[0],
+                               m(x).detach().numpy(), atol=1e-5)
+
+
+def test_vision_transformer_exports_and_every_linear_is_integer(tmp_path):
+    from torchvision.models import VisionTransformer
+
+    m = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+                          num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # the MHA fast path, taken under no_grad, must not reach the exporter
+        path = quantize(m, x, _batches(32), tmp_path / "vit.onnx", check=False)
+    check = integer_layers(path)
+    assert check.float_layers == [] and check.integer >= 4, check  # conv_proj, in/out projections, MLP, head
+    assert check.activation_matmuls == 2  # attention's two activation x activation MatMuls stay float
+
+
+def test_bias_of_a_near_zero_weight_channel_does_not_saturate(tmp_path):
+    """float32(2**31 - 1) == 2**31: clipping in float32 wrapped such biases to INT32_MIN."""
+    import onnx
+    from onnx import numpy_helper
+
+    from slimzoo.export import export_onnx
+    from slimzoo.runtime import ort_session
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        m[0].weight[1] = 1e-30  # a dead channel: its weight scale hits the floor
+        m[0].bias[1] = 5.0
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 8, 8))
+    with pytest.warns(UserWarning, match="near-zero weights"):
+        path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", [torch.rand(8, 3, 8, 8)])
+    biases = [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+              if i.name.endswith("_bias_quantized")]
+    assert all(b.min() > -(2**31 - 1) for b in biases)
+    x = torch.rand(2, 3, 8, 8)
+    np.testing.assert_allclose(ort_session(path, 1).run(None, {"input": x.numpy()})[0], m(x).detach().numpy(),
+                               atol=0.15)
+
+
+def test_adaround_runs_under_no_grad(tmp_path):
+    from slimzoo.export import export_onnx
+
+    m = _warm(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)), 16)
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 16, 16))
+    with torch.no_grad():
+        quantize_onnx(fp32, tmp_path / "q.onnx", [torch.randn(4, 3, 16, 16)],
+                      PTQConfig(adaround=True, adaround_iters=5))
+
+
+def test_calibration_takes_num_calibration_images_from_pairs():
+    from slimzoo.quant.ptq import calibration_set
+
+    loader = [(torch.randn(8, 3, 4, 4), torch.zeros(8)) for _ in range(5)]  # a DataLoader of (images, labels)
+    cal = calibration_set(loader, 20, 6)
+    assert [len(b) for b in cal] == [6, 6, 6, 2]
+    np.testing.assert_array_equal(cal[0][:6], loader[0][0][:6].numpy())
+
+
+def test_openvino_target_skips_quantizers_before_float_ops(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx, fold_batchnorm
+
+    m = _warm(TwoOutputs())
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 64, 64), output_names=["o", "d"])
+    counts = {}
+    for target in ("onnxruntime", "openvino"):
+        path, _, _ = quantize_onnx(fp32, tmp_path / f"{target}.onnx", _batches(), PTQConfig(target=target))
+        counts[target] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    assert counts["openvino"] < counts["onnxruntime"]
+    with pytest.raises(Exception, match="target"):
+        PTQConfig(target="tensorrt")
+
+
+def test_check_says_plainly_when_int8_is_slower():
+    slow = Int8Check(integer=3, total=4, float_layers=["/conv/Conv"], fp32_ms=1.0, int8_ms=2.0)
+    problems = slow.problems()
+    assert len(problems) == 2 and "/conv/Conv" in problems[0] and "not faster" in problems[1]
+    assert Int8Check(integer=4, total=4, fp32_ms=2.0, int8_ms=1.0).problems() == []
+    assert "0.50x" in slow.summary()
