@@ -61,7 +61,7 @@ def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
                  "--epochs", "1", "--out", str(pruned)]) == 0
     assert json.loads(sens.read_text()) == data  # a finished analysis is reused, not redone
     _, cfg = load_checkpoint(pruned)
-    assert cfg["prune_info"]["flops_reduction"] >= 0.3 and cfg["pruning"]["steps"]
+    assert abs(cfg["prune_info"]["flops_reduction"] - 0.3) <= 0.02 and cfg["pruning"]["steps"]
     assert main(["quant", *common, "--checkpoint", str(pruned), "--num-calibration", "16",
                  "--out", str(tmp_path / "pq.onnx")]) == 0
     # a sensitivity file of other weights is refused, not silently used

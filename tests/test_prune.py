@@ -56,10 +56,10 @@ def test_groups_exclude_output_layers_and_follow_couplings():
 def test_pruning_removes_channels_and_replays_exactly(name):
     m = _model(name)
     ratios, red = uniform_ratio(m, X, 0.4)
-    assert red >= 0.4
+    assert abs(red - 0.4) <= 0.05  # at round_to 8; prune() refines the rounding to land within 2 points
     pruned = _model(name)
     rec = apply_ratios(pruned, X, ratios)
-    assert rec.flops[1] < 0.6 * rec.flops[0] and rec.params[1] < rec.params[0]
+    assert rec.flops[1] == pytest.approx((1 - red) * rec.flops[0], rel=1e-6) and rec.params[1] < rec.params[0]
     for before, after in rec.channels.values():
         assert after < before and (after % 8 == 0 or after == before)
     assert pruned(X).shape == (1, 10)
@@ -172,8 +172,9 @@ def test_threshold_search_meets_flops_target_and_respects_losses(tmp_path):
     sens = analyze_sensitivity(m, X, CountingEval(m), tmp_path / "s.json", SensitivityConfig(stop_loss=1.0),
                                progress=False)
     ratios, t, red = search_threshold(m, X, sens, 0.4)
-    assert red >= 0.4
-    assert ratios == ratios_for_threshold(sens, t)
+    assert abs(red - 0.4) <= 0.05  # at round_to 8; prune() refines the rounding to land within 2 points
+    at_t = ratios_for_threshold(sens, t)  # refined: each layer at its threshold ratio or the one just below
+    assert set(ratios) <= set(at_t) and all(r <= at_t[n] for n, r in ratios.items())
     for name, r in ratios.items():  # no chosen ratio goes past a measured loss above the threshold
         assert all(p["loss"] <= t + 1e-9 for p in sens["layers"][name]["points"] if p["ratio"] <= r)
     with pytest.raises(ConfigError, match="at most"):
@@ -186,7 +187,7 @@ def test_prune_api_and_config(tmp_path):
     assert cfg.sensitivity.importance == cfg.importance
     pruned, rec, info = prune(m, X, cfg, evaluate=CountingEval(m), sensitivity_path=tmp_path / "s.json",
                               progress=False)
-    assert info["flops_reduction"] >= 0.3 and rec.steps and pruned(X).shape == (1, 10)
+    assert abs(info["flops_reduction"] - 0.3) <= 0.02 and rec.steps and pruned(X).shape == (1, 10)
     assert info["sensitivity_evaluations"] <= info["reference_evaluations"] / 3
     with pytest.raises(ConfigError, match="unknown pruning setting"):
         PruneConfig.from_dict({"flops": 0.5})

@@ -163,7 +163,7 @@ def test_segmenters_quantize_and_prune_through_the_shared_apis(seg_data, tmp_pat
     pruned = create_model("fast_scnn", num_classes=task.num_classes, width_mult=0.5).eval()
     pruned.load_state_dict(model.state_dict())
     rec = apply_ratios(pruned, x, ratios)
-    assert red >= 0.4 and pruned(x).shape == model(x).shape
+    assert abs(red - 0.4) <= 0.02 and pruned(x).shape == model(x).shape
     fresh = replay(create_model("fast_scnn", num_classes=task.num_classes, width_mult=0.5).eval(), rec.to_dict())
     fresh.load_state_dict(pruned.state_dict())
     torch.testing.assert_close(fresh(x), pruned(x))

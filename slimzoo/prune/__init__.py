@@ -6,6 +6,7 @@ afterwards is the task's own training loop (:func:`slimzoo.training.fit`).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ..errors import ConfigError
 from .core import (
     IMPORTANCES,
     PruningRecord,
+    analyze_groups,
     apply_ratios,
     build_graph,
     channels_to_keep,
@@ -35,7 +37,7 @@ from .sensitivity import (
 METHODS = ("sensitivity", "uniform")
 
 __all__ = ["PruneConfig", "PruningRecord", "SensitivityConfig", "analyze_sensitivity", "apply_ratios",
-           "build_graph", "channels_to_keep", "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold",
+           "analyze_groups", "build_graph", "channels_to_keep", "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold",
            "replay", "search_threshold", "uniform_ratio"]
 
 
@@ -46,14 +48,16 @@ class PruneConfig:
     flops_reduction: float = 0.5
     method: str = "sensitivity"  # sensitivity | uniform
     importance: str = "l1"  # l1 | fpgm
-    round_to: int = 8
+    round_to: int = 8  # preferred channel multiple; finer where 8 cannot meet the target within 2 points
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    ignored: tuple[str, ...] = ()  # PyTorch module names never pruned (with the groups they produce)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PruneConfig:
         d = dict(reject_unknown_keys(cls, d, "pruning"))
         sens = d.pop("sensitivity", None)
         cfg = cls(**d)
+        cfg.ignored = tuple(cfg.ignored)
         if isinstance(sens, SensitivityConfig):
             cfg.sensitivity = sens
         else:  # the sweep ranks channels the same way the final pruning does
@@ -74,28 +78,75 @@ class PruneConfig:
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, evaluate=None,
-          sensitivity_path: str | Path | None = None, metric_name: str = "metric", progress: bool = True
-          ) -> tuple[nn.Module, PruningRecord, dict]:
+          sensitivity_path: str | Path | None = None, metric_name: str = "metric", progress: bool = True,
+          ignored: list[str] | tuple[str, ...] | None = None) -> tuple[nn.Module, PruningRecord, dict]:
     """A pruned copy of ``model`` that meets ``cfg.flops_reduction`` (before fine-tuning), its record and a summary.
 
     With ``method="sensitivity"`` the analysis is read from / written to ``sensitivity_path``
-    (resuming if interrupted) and needs ``evaluate(model) -> float``.
+    (resuming if interrupted) and needs ``evaluate(model) -> float``. ``ignored`` (or ``cfg.ignored``) names
+    layers never pruned. The summary says which layer groups were left unpruned and why (``left_unpruned``),
+    and, when the FLOPs reached miss the target by more than 2 points, by how much (``target_missed_by``,
+    also a :class:`PruningTargetWarning`).
     """
     info: dict = {"method": cfg.method, "target_flops_reduction": cfg.flops_reduction}
+    ignored = tuple(dict.fromkeys((*cfg.sensitivity.ignored, *cfg.ignored, *(ignored or ()))))
+    if ignored != tuple(cfg.sensitivity.ignored):
+        cfg = copy.deepcopy(cfg)
+        cfg.sensitivity.ignored = ignored
+    groups, left_out = analyze_groups(model, build_graph(model, example_inputs), list(ignored))
+    if not groups:
+        raise ConfigError(f"{type(model).__name__}: no layer can be pruned: "
+                          + "; ".join(f"{k}: {v}" for k, v in list(left_out.items())[:5]))
+    sens = None
     if cfg.method == "sensitivity":
         if evaluate is None or sensitivity_path is None:
             raise ConfigError("sensitivity-chosen ratios need an evaluate function and a sensitivity file path")
         sens = analyze_sensitivity(model, example_inputs, evaluate, sensitivity_path, cfg.sensitivity,
                                    metric_name=metric_name, progress=progress)
-        ratios, threshold, _ = search_threshold(model, example_inputs, sens, cfg.flops_reduction,
-                                                round_to=cfg.round_to)
-        info |= {"threshold": round(threshold, 6), "sensitivity_evaluations": sens["evaluations"],
-                 "reference_evaluations": sens["reference_evaluations"]}
-    else:
-        ratios, _ = uniform_ratio(model, example_inputs, cfg.flops_reduction, round_to=cfg.round_to,
-                                  ignored=cfg.sensitivity.ignored)
+        info |= {"sensitivity_evaluations": sens["evaluations"], "reference_evaluations": sens["reference_evaluations"]}
+    # the coarsest channel rounding (at most cfg.round_to) that lands within TARGET_TOLERANCE of the target:
+    # rounding to 8 overshoots on thin layers (a -30% request became -43% on a small net)
+    best = None
+    for round_to in _round_to_candidates(cfg.round_to):
+        if sens is not None:
+            ratios, threshold, reached = search_threshold(model, example_inputs, sens, cfg.flops_reduction,
+                                                          round_to=round_to)
+        else:
+            (ratios, reached), threshold = uniform_ratio(model, example_inputs, cfg.flops_reduction,
+                                                         round_to=round_to, ignored=ignored), None
+        if best is None or abs(reached - cfg.flops_reduction) < abs(best[2] - cfg.flops_reduction):
+            best = (ratios, round_to, reached, threshold)
+        if abs(reached - cfg.flops_reduction) <= TARGET_TOLERANCE:
+            break
+    ratios, round_to, _, threshold = best
+    if threshold is not None:
+        info["threshold"] = round(threshold, 6)
     pruned = copy.deepcopy(model)
-    rec = apply_ratios(pruned, example_inputs, ratios, importance_name=cfg.importance, round_to=cfg.round_to)
+    rec = apply_ratios(pruned, example_inputs, ratios, importance_name=cfg.importance, round_to=round_to)
     info["flops_reduction"] = round(1 - rec.flops[1] / rec.flops[0], 4)
     info["params_reduction"] = round(1 - rec.params[1] / rec.params[0], 4)
+    info["round_to"] = round_to
+    if left_out:
+        info["left_unpruned"] = left_out
+    gap = info["flops_reduction"] - cfg.flops_reduction
+    if abs(gap) > TARGET_TOLERANCE:
+        info["target_missed_by"] = round(gap, 4)
+        warnings.warn(f"{type(model).__name__}: asked for -{cfg.flops_reduction:.1%} FLOPs, reached "
+                      f"-{info['flops_reduction']:.1%} ({gap:+.1%}): the channel granularity (grouped convolutions, "
+                      f"at least one channel per layer, {len(left_out)} layer group(s) left unpruned) allows no "
+                      "closer", PruningTargetWarning, stacklevel=2)
     return pruned.eval(), rec, info
+
+
+TARGET_TOLERANCE = 0.02  # FLOPs reduction reached within 2 points of the asked one
+
+
+class PruningTargetWarning(UserWarning):
+    """The FLOPs reduction reached differs from the asked one by more than TARGET_TOLERANCE."""
+
+
+def _round_to_candidates(round_to: int) -> list[int]:
+    out = [round_to]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out

@@ -13,6 +13,7 @@ state_dict.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -41,11 +42,69 @@ def importance(name: str):
     raise ConfigError(f"unknown importance {name!r}; choose one of {IMPORTANCES}")
 
 
+def _install_reshape_barriers() -> None:
+    """Make Torch-Pruning's reshape index mapping record instead of crash (once per process).
+
+    A reshape whose channel mapping it cannot work out (a channel shuffle's 5-D view, a ViT's token reshape)
+    is added to the graph's ``slimzoo_barriers``, and every group whose channels pass through one is left
+    unpruned: it would be pruned wrongly, or crash. Torch-Pruning recomputes the mappings on every
+    ``get_pruning_group``, so the patch stays in place; it changes nothing for reshapes it handles.
+    """
+    from torch_pruning.dependency import index_mapping as im
+    from torch_pruning.dependency import shape_infer
+
+    if getattr(im.update_reshape_index_mapping, "slimzoo", False):
+        return
+    orig = im.update_reshape_index_mapping
+
+    def channels(graph, nodes, infer) -> int | None:
+        for n in nodes:
+            c = infer(graph, n, [0])
+            if c is not None:
+                return c
+        return None
+
+    def patched(graph, node):
+        barriers = graph.__dict__.setdefault("slimzoo_barriers", set())
+        if node in barriers:
+            return
+        before = [type(d.index_mapping[0]) for d in node.dependencies]
+        c_in = c_out = None
+        try:
+            orig(graph, node)
+            c_in = channels(graph, node.inputs, shape_infer.infer_out_channels_recursively)
+            c_out = channels(graph, node.outputs, shape_infer.infer_in_channels_recursively)
+        except (ZeroDivisionError, IndexError, RuntimeError, TypeError, ValueError):
+            barriers.add(node)
+        mapped = [type(d.index_mapping[0]) for d in node.dependencies] != before
+        if node in barriers or not c_in or not c_out or (c_in != c_out and not mapped):
+            barriers.add(node)
+        if node in barriers:
+            # a group that reaches the barrier stops there (and is then left unpruned): no traversal across it,
+            # whose index mappings would be wrong anyway
+            node.dependencies = []
+
+    patched.slimzoo = True
+    im.update_reshape_index_mapping = patched
+
+
 def build_graph(model: nn.Module, example_inputs: torch.Tensor):
-    """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs``."""
+    """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs``.
+
+    ``graph.slimzoo_barriers`` holds the reshape nodes whose channel mapping could not be followed.
+    """
     was_training = model.training
-    dg = _tp().DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs, verbose=False)
-    model.train(was_training)
+    _install_reshape_barriers()
+    try:
+        dg = _tp().DependencyGraph()
+        dg.slimzoo_barriers = set()
+        dg.build_dependency(model.eval(), example_inputs=example_inputs, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the tracer's own error is a deep traceback; say it in one sentence
+        raise ConfigError(f"{type(model).__name__} cannot be traced for pruning on an input of shape "
+                          f"{tuple(example_inputs.shape)} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                          "check that the model runs on that input, or prune a traceable part of it") from None
+    finally:
+        model.train(was_training)
     return dg
 
 
@@ -81,35 +140,98 @@ def _out_channels(module: nn.Module) -> int:
 
 @dataclass
 class PrunableGroup:
-    """Coupled channels, named by the layer that produces them."""
+    """Coupled channels, named by the layer that produces them.
+
+    ``divisor``: the channels form that many equal blocks (the groups of a grouped convolution in the group);
+    pruning removes the same positions from every block, so each grouped conv keeps its ``groups``.
+    """
 
     name: str
     channels: int
     layers: list[str]
+    divisor: int = 1
+
+
+def channel_divisor(group) -> int:
+    """The number of equal channel blocks a Torch-Pruning group must keep: the lcm of the ``groups`` of its grouped
+    (not depthwise) convolutions, 1 when it has none."""
+    d = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
+            d = math.lcm(d, m.groups)
+    return d
+
+
+def _why_unprunable(dg, group) -> str | None:
+    """Why a group must be left alone, or None."""
+    tp = _tp()
+    for dep, _ in group:
+        for node in (dep.source, dep.target):
+            if node in dg.slimzoo_barriers:
+                return ("its channels pass through a reshape Torch-Pruning cannot follow (a channel shuffle, or "
+                        "tokens reshaped into heads or windows)")
+            if node.type == tp.ops.OPTYPE.MHA:
+                return "its channels are an attention layer's embedding width (heads are not pruned)"
+    return None
+
+
+def analyze_groups(model: nn.Module, dg, ignored: list[str] | None = None
+                   ) -> tuple[list[PrunableGroup], dict[str, str]]:
+    """The prunable groups in network order, and the layers left unpruned with the reason for each."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored = list(ignored or [])
+    for n in ignored:
+        try:
+            model.get_submodule(n)
+        except AttributeError:
+            raise ConfigError(f"ignored layer {n!r} does not exist in {type(model).__name__}; layer names are "
+                              "PyTorch module names such as those of model.named_modules()") from None
+    outputs = output_layers(model, dg)
+    skip = set(outputs) | {model.get_submodule(n) for n in ignored}
+    groups, visited, left_out = [], set(), {}
+    for m in list(dg.module2node):
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or m in skip or m in visited or m not in names:
+            continue
+        try:
+            g = dg.get_pruning_group(m, _pruning_fn(m), list(range(_out_channels(m))))
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's index mappings break on patterns it cannot follow
+            left_out[names[m]] = f"Torch-Pruning cannot follow its channels ({type(e).__name__})"
+            continue
+        producers = [d.target.module for d, _ in g
+                     if d.handler in (_tp().prune_conv_out_channels, _tp().prune_linear_out_channels)]
+        coupled = [d.target.module for d, _ in g if dg.is_out_channel_pruning_fn(d.handler)]
+        visited.update(coupled)
+        if any(p in skip for p in coupled):
+            continue
+        dense = [p for p in producers if isinstance(p, nn.Linear) or (isinstance(p, nn.Conv2d) and p.groups == 1)]
+        root = (dense or producers or [m])[0]
+        why = _why_unprunable(dg, g)
+        if why:
+            left_out[names[root]] = why
+            continue
+        layers = list(dict.fromkeys(names[d.target.module] for d, _ in g if d.target.module in names))
+        groups.append(PrunableGroup(names[root], _out_channels(root), layers, channel_divisor(g)))
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(groups, key=lambda g: order[g.name]), left_out
 
 
 def prunable_groups(model: nn.Module, dg, ignored: list[str] | None = None) -> list[PrunableGroup]:
     """Every group of coupled output channels that may be pruned, in network order."""
-    names = {m: n for n, m in model.named_modules()}
-    skip = output_layers(model, dg) + [model.get_submodule(n) for n in (ignored or [])]
-    groups = []
-    for g in dg.get_all_groups(ignored_layers=skip, root_module_types=(nn.Conv2d, nn.Linear)):
-        producers = [d.target.module for d, _ in g
-                     if d.handler in (_tp().prune_conv_out_channels, _tp().prune_linear_out_channels)]
-        dense = [m for m in producers if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
-        if any(m in skip for m in producers):
-            continue
-        root = (dense or producers)[0]
-        layers = list(dict.fromkeys(names[d.target.module] for d, _ in g if d.target.module in names))
-        groups.append(PrunableGroup(names[root], _out_channels(root), layers))
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    return sorted(groups, key=lambda g: order[g.name])
+    return analyze_groups(model, dg, ignored)[0]
 
 
-def channels_to_keep(channels: int, ratio: float, round_to: int = 8) -> int:
-    """Channels left after pruning ``ratio`` of ``channels``, rounded to a multiple of ``round_to`` (at least one)."""
+def channels_to_keep(channels: int, ratio: float, round_to: int = 8, divisor: int = 1) -> int:
+    """Channels left after pruning ``ratio`` of ``channels``, rounded to a multiple of ``round_to`` (at least one).
+
+    With ``divisor`` > 1 (a grouped convolution's blocks) the count is a multiple of ``divisor`` instead: every
+    block keeps the same number of channels, at least one.
+    """
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"pruning ratio must be in [0, 1), got {ratio}")
+    if divisor > 1 and channels % divisor == 0:
+        per = channels // divisor
+        return divisor * max(1, min(per, round(per * (1 - ratio))))
     if round_to <= 1:
         return max(1, round(channels * (1 - ratio)))
     if ratio == 0 or channels <= round_to:
@@ -151,6 +273,15 @@ class PruningRecord:
         return rec
 
 
+def _drop_idxs(scores: torch.Tensor, n: int, keep: int, divisor: int) -> list[int]:
+    """The ``n - keep`` least important channels; with ``divisor`` blocks, the same positions in every block."""
+    if divisor > 1 and n % divisor == 0:
+        per = n // divisor
+        pos = torch.argsort(scores.reshape(divisor, per).mean(0))[: per - keep // divisor].tolist()
+        return sorted(b * per + p for b in range(divisor) for p in pos)
+    return sorted(torch.argsort(scores)[: n - keep].tolist())
+
+
 def _prune_layer(model: nn.Module, dg, layer: str, idxs: list[int], source: str = "pruning") -> None:
     try:
         module = model.get_submodule(layer)
@@ -177,19 +308,21 @@ def apply_ratios(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping
     for name, ratio in ratios.items():
         module = model.get_submodule(name)
         n = _out_channels(module)
-        keep = channels_to_keep(n, float(ratio), round_to)
+        full = dg.get_pruning_group(module, _pruning_fn(module), list(range(n)))
+        divisor = channel_divisor(full)
+        keep = channels_to_keep(n, float(ratio), round_to, divisor)
         if keep >= n:
             continue
-        full = dg.get_pruning_group(module, _pruning_fn(module), list(range(n)))
         with torch.no_grad():
             scores = imp(full)
         if scores is None:  # nothing in the group carries weights to score; fall back to order
             scores = torch.arange(n, dtype=torch.float32)
-        idxs = sorted(torch.argsort(scores)[: n - keep].tolist())
+        idxs = _drop_idxs(scores, n, keep, divisor)
         _prune_layer(model, dg, name, idxs)
         rec.steps.append({"layer": name, "idxs": idxs})
         rec.ratios[name] = round(float(ratio), 4)
         rec.channels[name] = [n, keep]
+    check_forward(model, example_inputs, list(rec.channels))
     flops1, params1 = count_flops_params(model, example_inputs)
     rec.flops, rec.params = [flops0, flops1], [params0, params1]
     return rec
@@ -216,7 +349,22 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
     for name, ratio in ratios.items():
         module = m.get_submodule(name)
         n = _out_channels(module)
-        keep = channels_to_keep(n, float(ratio), round_to)
+        divisor = channel_divisor(dg.get_pruning_group(module, _pruning_fn(module), list(range(n))))
+        keep = channels_to_keep(n, float(ratio), round_to, divisor)
         if keep < n:
-            _prune_layer(m, dg, name, list(range(keep, n)))
+            _prune_layer(m, dg, name, _drop_idxs(-torch.arange(n, dtype=torch.float32), n, keep, divisor))
+    check_forward(m, example_inputs, list(ratios))
     return count_flops_params(m, example_inputs)[0]
+
+
+def check_forward(model: nn.Module, example_inputs: torch.Tensor, pruned: list[str]) -> None:
+    """Run the pruned ``model`` once; if it fails, say which pruned groups and how to leave them out."""
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    except Exception as e:  # noqa: BLE001 - a shape error from deep inside the model's forward
+        names = ", ".join(pruned[:6]) + (" ..." if len(pruned) > 6 else "")
+        raise ConfigError(f"the pruned {type(model).__name__} no longer runs ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else ''}) after pruning {names}: some layer "
+                          "uses a fixed channel count Torch-Pruning cannot see (a reshape to a constant size, "
+                          "a hard-coded width); leave the layer out with ignored=[NAME] (--ignore NAME)") from None

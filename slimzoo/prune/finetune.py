@@ -33,6 +33,11 @@ def prune_and_finetune(model: nn.Module, task, pcfg: PruneConfig, tcfg, out_dir:
             plot_sensitivity(read_json(sensitivity_path), sensitivity_path.with_suffix(".png"))
         info["sensitivity_file"] = str(sensitivity_path)
     info["metric_before_finetune"] = round(task.evaluate(TorchPredictor(pruned))[task.metric], 3)
+    for name, why in info.get("left_unpruned", {}).items():
+        print(f"{log_prefix}left unpruned: {name}: {why}", flush=True)
+    if "target_missed_by" in info:
+        print(f"{log_prefix}warning: FLOPs target -{pcfg.flops_reduction:.1%} missed by "
+              f"{info['target_missed_by']:+.1%} (channel granularity)", flush=True)
     print(f"{log_prefix}FLOPs -{info['flops_reduction']:.1%}, params -{info['params_reduction']:.1%}; "
           f"{task.metric} before fine-tuning {info['metric_before_finetune']:.2f}; "
           f"fine-tuning {tcfg.epochs} epoch(s)", flush=True)

@@ -230,6 +230,7 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
                           f"largest measured ratio), short of {flops_reduction:.1%}; analyse larger ratios "
                           "(--ratios) or a higher stop loss, or ask for less")
     lo = -1e-9
+    below = ({}, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
         ratios = ratios_for_threshold(sens, mid)
@@ -237,21 +238,57 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
         if red >= flops_reduction:
             hi, best = mid, (ratios, mid, red)
         else:
-            lo = mid
+            lo, below = mid, (ratios, red)
         if hi - lo < 1e-5:
             break
+    ratios, red = refine_to_target(model, example_inputs, below, best[0::2], flops_reduction, flops0,
+                                   round_to=round_to)
+    return ratios, best[1], red
+
+
+def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tuple[dict, float],
+                     above: tuple[dict, float], target: float, flops0: int, *, round_to: int = 8,
+                     tolerance: float = 0.02) -> tuple[dict[str, float], float]:
+    """Ratios between two neighbouring choices (one short of ``target``, one past it) that land closest to it.
+
+    One step of a ratio (or of the sensitivity threshold) moves every layer at once, and with channels rounded
+    to 8, or grouped convolutions losing a channel per group, that step can be many FLOPs points. Here the layers
+    take the larger ratio one at a time, in network order, binary-searched on the count.
+    """
+    (lo_ratios, lo_red), (hi_ratios, hi_red) = below, above
+    if hi_red - target <= tolerance / 2 or not lo_ratios and not hi_ratios:
+        return hi_ratios, hi_red
+    names = [n for n in hi_ratios if hi_ratios[n] != lo_ratios.get(n, 0.0)]
+
+    def mixed(k: int) -> dict[str, float]:
+        out = {n: r for n, r in lo_ratios.items() if r > 0}
+        out.update({n: hi_ratios[n] for n in names[:k]})
+        return out
+
+    best = min([(lo_ratios, lo_red), (hi_ratios, hi_red)], key=lambda p: abs(p[1] - target))
+    a, b = 0, len(names)
+    while b - a > 1:
+        k = (a + b) // 2
+        r = mixed(k)
+        red = _reduction(flops0, flops_after(model, example_inputs, r, round_to=round_to))
+        if abs(red - target) < abs(best[1] - target):
+            best = (r, red)
+        if red >= target:
+            b = k
+        else:
+            a = k
     return best
 
 
 def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reduction: float, *, round_to: int = 8,
-                  ignored: tuple[str, ...] = (), iters: int = 16) -> tuple[dict[str, float], float]:
+                  ignored: tuple[str, ...] = (), iters: int = 12) -> tuple[dict[str, float], float]:
     """The same ratio for every prunable group, binary-searched to reach ``flops_reduction``."""
     from ..bench import count_flops_params
 
     names = [g.name for g in prunable_groups(model, build_graph(model, example_inputs), list(ignored))]
     flops0 = count_flops_params(model, example_inputs)[0]
     lo, hi = 0.0, 0.95
-    best = None
+    best, below = None, ({}, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
         ratios = dict.fromkeys(names, round(mid, 4))
@@ -259,10 +296,11 @@ def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reductio
         if red >= flops_reduction:
             hi, best = mid, (ratios, red)
         else:
-            lo = mid
+            lo, below = mid, (ratios, red)
     if best is None:
-        raise ConfigError(f"uniform pruning cannot remove {flops_reduction:.1%} of the FLOPs")
-    return best
+        raise ConfigError(f"uniform pruning cannot remove {flops_reduction:.1%} of the FLOPs (every prunable layer "
+                          f"at 95% reaches {below[1]:.1%}); ask for less, or prune layers now ignored")
+    return refine_to_target(model, example_inputs, below, best, flops_reduction, flops0, round_to=round_to)
 
 
 def draw_sensitivity(sens: dict, ax, legend: bool = True) -> None:
