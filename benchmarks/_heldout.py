@@ -74,11 +74,11 @@ def paired_gap(pred_a: np.ndarray, pred_b: np.ndarray, true: np.ndarray) -> tupl
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the same keys) as a CSV file, atomically, creating its folder."""
+    """Write ``rows`` (dicts; a key missing from a row is left empty) as a CSV file, atomically, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)

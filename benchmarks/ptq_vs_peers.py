@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def slimzoo_ptq(model, task, fp32_path, out, calib):
     from slimzoo.quant import PTQConfig, quantize
 
-    return quantize(model, task.example_inputs(), iter(calib), out, PTQConfig())
+    return quantize(model, task.example_inputs(), iter(calib), out, PTQConfig(), check=False)
 
 
 def ort_ptq(per_channel: bool):
@@ -86,7 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="runs/zoo", help="zoo output folder holding the trained FP32 baselines")
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--models", nargs="*", default=["mobilenet_v1", "mobilenet_v2", "resnet50"])
+    ap.add_argument("--models", nargs="*", default=["mobilenet_v1", "mobilenet_v2", "resnet50"],
+                    help="zoo classifiers, or torchvision:NAME for a torchvision architecture trained on the same "
+                         "synthetic data (benchmarks/_trained.py)")
     ap.add_argument("--num-calibration", type=int, default=256)
     ap.add_argument("--num-val", type=int, default=10000,
                     help="validation images (synthetic data: the zoo's split widened to this many; 0: the zoo's)")
@@ -102,8 +104,14 @@ def main() -> None:
     zoo = Zoo(Path(args.zoo), profile_name=args.profile)
     rows, gaps = [], []
     for name in args.models:
-        row_id = f"cls-{name}-none"
-        model, task = zoo.baseline(row_id)
+        if name.startswith("torchvision:"):  # a torchvision architecture trained on the same synthetic data
+            from _trained import trained
+
+            row_id = "cls-mobilenet_v2-none"  # its data and resolution
+            model, task = trained(zoo, name.split(":", 1)[1], Path(args.zoo) / "bench_trained")
+        else:
+            row_id = f"cls-{name}-none"
+            model, task = zoo.baseline(row_id)
         val = heldout_task(zoo, row_id, args.num_val)
         # each draw: another spread-out subset of the training images, the same for every method
         calibs = [list(task.calibration_batches(args.num_calibration, 32, offset=k)) for k in range(args.draws)]

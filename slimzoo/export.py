@@ -42,11 +42,21 @@ def _mha_fastpath_off():
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,
                 opset: int = OPSET, dynamic: bool = True, output_names: list[str] | None = None) -> Path:
-    """Write ``model`` as an ONNX file (checked with ``onnx.checker``), atomically."""
+    """Write ``model`` as an ONNX file (checked with ``onnx.checker``), atomically.
+
+    Outputs are named ``output``, ``output_1``, ... unless ``output_names`` says otherwise; every one gets a
+    dynamic batch dimension. An operator the exporter cannot write is a ConfigError naming it.
+    """
     import onnx
 
+    from .errors import ConfigError
+
     model = model.eval()
-    output_names = output_names or ["output"]
+    if not output_names:
+        with torch.no_grad(), _mha_fastpath_off():
+            out = model(example_inputs)
+        n = len(out) if isinstance(out, (tuple, list)) else 1
+        output_names = ["output"] + [f"output_{i}" for i in range(1, n)]
     dyn = None
     if dynamic:
         dyn = {"input": {0: "batch", 2: "height", 3: "width"}}
@@ -55,8 +65,14 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
     def _write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example_inputs,), tmp, opset_version=opset, input_names=["input"],
-                              output_names=output_names, dynamic_axes=dyn, do_constant_folding=True,
-                              dynamo=False)
+            try:
+                torch.onnx.export(model, (example_inputs,), tmp, opset_version=opset, input_names=["input"],
+                                  output_names=output_names, dynamic_axes=dyn, do_constant_folding=True,
+                                  dynamo=False)
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"{type(model).__name__} cannot be exported to ONNX (opset {opset}): {first}. "
+                                  "Replace or wrap the module that uses this operator, or export the file yourself "
+                                  "and quantize it with slimzoo.quant.quantize_onnx") from None
         onnx.checker.check_model(tmp)
     return atomic_write(path, _write)

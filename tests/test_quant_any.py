@@ -167,3 +167,39 @@ def test_check_says_plainly_when_int8_is_slower():
     assert len(problems) == 2 and "/conv/Conv" in problems[0] and "not faster" in problems[1]
     assert Int8Check(integer=4, total=4, fp32_ms=2.0, int8_ms=1.0).problems() == []
     assert "0.50x" in slow.summary()
+
+
+def test_unexportable_operator_is_named_not_a_traceback(tmp_path):
+    from slimzoo.errors import ConfigError
+    from slimzoo.export import export_onnx
+
+    class Svd(nn.Module):
+        def forward(self, x):
+            return torch.linalg.svd(x[0, 0])[1]
+
+    with pytest.raises(ConfigError, match="aten::linalg_svd"):
+        export_onnx(Svd(), tmp_path / "x.onnx", torch.randn(1, 3, 8, 8))
+
+
+def test_every_output_gets_a_name_and_a_dynamic_batch(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+
+    path = export_onnx(_warm(TwoOutputs()), tmp_path / "two.onnx", torch.randn(1, 3, 64, 64))
+    outs = onnx.load(str(path)).graph.output
+    assert [o.name for o in outs] == ["output", "output_1"]
+    assert all(o.type.tensor_type.shape.dim[0].dim_param == "batch" for o in outs)
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
+    from slimzoo.errors import ConfigError
+    from slimzoo.export import export_onnx
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        m[2].weight[0, 0] = float("nan")
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="NaN"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", [torch.rand(4, 3, 8, 8)])
+    assert not (tmp_path / "q.onnx").exists()

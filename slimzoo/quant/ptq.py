@@ -64,9 +64,16 @@ def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]
     for t in plan.activations:
         if t not in ranges:
             raise ConfigError(f"calibration did not observe tensor {t!r}")
+        if not all(np.isfinite(v) for v in ranges[t]):
+            raise ConfigError(f"activation {t!r} is NaN or infinite on the calibration images: the FP32 model "
+                              "itself produces non-finite values; check its weights and inputs before quantizing")
         qp.activations[t] = activation_qparams(*ranges[t])
     for w, (axis, _) in plan.weights.items():
-        qp.weights[w] = weight_qparams(numpy_helper.to_array(inits[w]).astype("float32"), axis)
+        value = numpy_helper.to_array(inits[w]).astype("float32")
+        if not np.isfinite(value).all():
+            raise ConfigError(f"weight {w!r} holds {int((~np.isfinite(value)).sum())} NaN or infinite value(s); "
+                              "nothing was written")
+        qp.weights[w] = weight_qparams(value, axis)
     return with_rescaled(plan, qp)
 
 
