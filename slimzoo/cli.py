@@ -51,17 +51,41 @@ def _hw(text: str) -> tuple[int, int]:
         raise ConfigError(f"expected a size HxW such as 512x1024, got {text!r}") from None
 
 
-def _model(args, num_classes: int | None = None):
-    """A model from ``--checkpoint DIR`` or ``--model NAME [--weights FILE]``."""
+def _model(args, num_classes: int | None = None, task=None):
+    """A model from ``--checkpoint DIR`` or ``--model SPEC [--weights FILE] [--model-kwargs JSON]``; with ``task``,
+    a classifier whose output size is not the dataset's class count is refused."""
     from .checkpoint import load_checkpoint
     from .models import create_model
 
     if getattr(args, "checkpoint", None):
-        return load_checkpoint(args.checkpoint)[0]
-    if not getattr(args, "model", None):
+        model = load_checkpoint(args.checkpoint)[0]
+    elif not getattr(args, "model", None):
         raise ConfigError("give --checkpoint DIR (from `slimzoo train`) or --model NAME [--weights FILE]")
-    return create_model(args.model, num_classes=args.num_classes or num_classes or 1000,
-                        width_mult=args.width_mult, weights=args.weights).eval()
+    else:
+        kwargs = _model_kwargs(getattr(args, "model_kwargs", None))
+        nc = kwargs.pop("num_classes", None) or args.num_classes
+        if ":" not in args.model:
+            kwargs["width_mult"] = args.width_mult
+        if not (":" in args.model and not args.model.startswith(("torchvision:", "timm:"))):
+            nc = nc or num_classes or 1000  # a user's factory gets num_classes only where the user gave it
+        model = create_model(args.model, num_classes=nc, weights=args.weights, **kwargs).eval()
+    if task is not None:
+        from .tasks import check_model_fits
+
+        check_model_fits(task, model.eval(), f"model {getattr(args, 'model', None) or args.checkpoint}")
+    return model.eval()
+
+
+def _model_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        kw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model-kwargs must be a JSON object such as '{{\"num_classes\": 10}}': {e}") from None
+    if not isinstance(kw, dict):
+        raise ConfigError(f"--model-kwargs must be a JSON object, got {type(kw).__name__}")
+    return kw
 
 
 def cmd_list_models(args) -> None:
@@ -115,7 +139,10 @@ def cmd_train(args) -> None:
                       weight_decay=args.weight_decay, amp=args.amp, seed=args.seed, num_workers=args.workers,
                       device=args.device)
     torch.manual_seed(cfg.seed)
-    model = create_model(args.model, num_classes=task.num_classes, width_mult=args.width_mult, weights=args.weights)
+    kwargs = _model_kwargs(getattr(args, "model_kwargs", None))
+    kwargs.setdefault("num_classes", task.num_classes)
+    model = create_model(args.model, weights=args.weights, **kwargs,
+                         **({} if ":" in args.model else {"width_mult": args.width_mult}))
     if args.backbone_weights:
         from .models import load_backbone
         from .storage import load_state_dict_file
@@ -147,9 +174,12 @@ def _torch_predictor(model, device: str = "cpu"):
 def cmd_eval(args) -> None:
     from .runtime import onnx_predictor
 
+    from .tasks import check_model_fits
+
     task = _task(args)
     predictor = onnx_predictor(args.onnx, args.runtime, threads=args.threads) if args.onnx else _torch_predictor(
         _model(args, task.num_classes), args.device)
+    check_model_fits(task, predictor, str(args.onnx or args.model or args.checkpoint))
     metrics = task.evaluate(predictor, progress=True)
     print(json.dumps(metrics, indent=2))
 
@@ -175,7 +205,6 @@ def cmd_quant(args) -> None:
     from .storage import write_json
 
     task = _task(args)
-    model = _model(args, task.num_classes)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction, adaround=args.adaround,
                     adaround_iters=args.adaround_iters, target=args.target)
@@ -186,8 +215,15 @@ def cmd_quant(args) -> None:
         return task.evaluate(OnnxPredictor(path), limit=args.analysis_images)[task.metric]
 
     with tempfile.TemporaryDirectory() as d:
-        fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx",
-                           torch.randn(1, 3, args.image_size, args.image_size))
+        if args.onnx:  # the user's own FP32 file: BatchNorm and constants folded by ONNX Runtime first
+            from .api import prepare_onnx
+            from .tasks import check_model_fits
+
+            fp32 = prepare_onnx(args.onnx, Path(d) / "fp32_prepared.onnx")
+            check_model_fits(task, OnnxPredictor(fp32), str(args.onnx))
+        else:
+            fp32 = export_onnx(fold_batchnorm(_model(args, task.num_classes, task)), Path(d) / "fp32_folded.onnx",
+                               torch.randn(1, 3, args.image_size, args.image_size))
         if args.analyze or args.max_drop is not None:
             from .quant.analysis import analyze_layers, keep_fewest_fp32, plot_analysis
 
@@ -228,7 +264,7 @@ def cmd_qat(args) -> None:
     from .runtime import OnnxPredictor
 
     task = _task(args)
-    model = _model(args, task.num_classes)
+    model = _model(args, task.num_classes, task)
     cfg = QATConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
                     freeze_ranges_at=args.freeze_ranges_at, learn_ranges=args.learn_ranges, range_lr=args.range_lr,
                     keep_fp32=args.keep_fp32 or [])
@@ -263,7 +299,7 @@ def cmd_sensitivity(args) -> None:
     from .prune import analyze_sensitivity, plot_sensitivity
 
     task = _task(args)
-    model = _model(args, task.num_classes)
+    model = _model(args, task.num_classes, task)
     cfg = _sensitivity_config(args)
     out = Path(args.out)
     sens = analyze_sensitivity(model, task.example_inputs(), _evaluate_torch(task, cfg.eval_images), out, cfg,
@@ -286,7 +322,7 @@ def cmd_prune(args) -> None:
     from .training import TrainConfig
 
     task = _task(args)
-    model = _model(args, task.num_classes)
+    model = _model(args, task.num_classes, task)
     out = Path(args.out)
     sens_path = Path(args.sensitivity) if args.sensitivity else out / "sensitivity.json"
     file_cfg = None
@@ -395,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(sp):
         sp.add_argument("--checkpoint", help="a checkpoint folder written by `slimzoo train`")
-        sp.add_argument("--model", help="registered model name (see `slimzoo list-models`)")
+        sp.add_argument("--model", help="a registered model (see `slimzoo list-models`), torchvision:NAME, "
+                                         "timm:NAME, or package.module:factory (a callable returning an nn.Module)")
+        sp.add_argument("--model-kwargs", help="JSON keyword arguments for the model's factory, e.g. "
+                                               "'{\"num_classes\": 10}'")
         sp.add_argument("--weights", help="local state_dict file (.safetensors or torch; loaded weights_only)")
         sp.add_argument("--num-classes", type=int, default=None)
         sp.add_argument("--width-mult", type=float, default=1.0)
@@ -452,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("quant", help="INT8 post-training quantization to a QDQ ONNX file")
     data_args(sp)
     model_args(sp)
+    sp.add_argument("--onnx", help="quantize this FP32 ONNX file instead of a PyTorch model (one image input)")
     sp.add_argument("--out", required=True, help="output .onnx path")
     sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
                     help="how activation ranges are chosen (see slimzoo.quant.calibrate)")

@@ -35,13 +35,68 @@ def model_task(name: str) -> str:
 
 def _check(name: str) -> None:
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}; or give "
+                          "torchvision:NAME, timm:NAME or package.module:factory")
 
 
-def create_model(name: str, *, num_classes: int = 1000, width_mult: float = 1.0,
+def resolve_factory(spec: str):
+    """The callable that builds ``spec``: ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``."""
+    import importlib
+
+    source, _, name = spec.partition(":")
+    if not name or not source:
+        raise ConfigError(f"model {spec!r}: expected a registered name, torchvision:NAME, timm:NAME or "
+                          "package.module:factory")
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model_builder(name)
+        except ValueError:
+            raise ConfigError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+    if source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError("timm:NAME needs timm: pip install 'slimzoo[timm]'") from None
+        if name not in timm.list_models():
+            raise ConfigError(f"timm has no model {name!r}; see timm.list_models()")
+        return lambda **kw: timm.create_model(name, pretrained=False, **kw)
+    try:
+        module = importlib.import_module(source)
+    except ImportError as e:
+        raise ConfigError(f"model {spec!r}: cannot import {source!r} ({e})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ConfigError(f"model {spec!r}: {source} has no callable {name!r}")
+    return factory
+
+
+def create_model(name: str, *, num_classes: int | None = None, width_mult: float = 1.0,
                  weights: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``weights`` is an optional local state_dict file to load."""
+    """Build a model: a registered name, or ``torchvision:NAME``, ``timm:NAME`` (``num_classes`` passed on) or
+    ``package.module:factory`` (called with ``kwargs`` only); ``weights`` is an optional local state_dict file
+    (safetensors or a ``weights_only`` torch file) to load. Nothing is downloaded."""
+    if ":" in name and name not in _MODELS:
+        factory = resolve_factory(name)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        elif name.startswith(("torchvision:", "timm:")):
+            kwargs["num_classes"] = 1000
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"model {name!r} does not take these arguments ({e}); pass the ones its factory "
+                              "takes with --model-kwargs") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not a torch nn.Module")
+        if weights:
+            from ..storage import load_weights
+
+            load_weights(model, weights)
+        return model
     _check(name)
+    num_classes = 1000 if num_classes is None else num_classes
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     if not 0 < width_mult <= 4:

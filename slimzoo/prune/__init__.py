@@ -6,6 +6,8 @@ afterwards is the task's own training loop (:func:`slimzoo.training.fit`).
 from __future__ import annotations
 
 import copy
+import sys
+import types
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from .sensitivity import (
 
 METHODS = ("sensitivity", "uniform")
 
-__all__ = ["PruneConfig", "PruningRecord", "SensitivityConfig", "analyze_sensitivity", "apply_ratios",
+__all__ = ["PruneConfig", "PruneResult", "PruningRecord", "SensitivityConfig", "analyze_sensitivity", "apply_ratios",
            "analyze_groups", "build_graph", "channels_to_keep", "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold",
            "replay", "search_threshold", "uniform_ratio"]
 
@@ -79,7 +81,7 @@ class PruneConfig:
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, evaluate=None,
           sensitivity_path: str | Path | None = None, metric_name: str = "metric", progress: bool = True,
-          ignored: list[str] | tuple[str, ...] | None = None) -> tuple[nn.Module, PruningRecord, dict]:
+          ignored: list[str] | tuple[str, ...] | None = None) -> PruneResult:
     """A pruned copy of ``model`` that meets ``cfg.flops_reduction`` (before fine-tuning), its record and a summary.
 
     With ``method="sensitivity"`` the analysis is read from / written to ``sensitivity_path``
@@ -135,8 +137,31 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, e
                       f"-{info['flops_reduction']:.1%} ({gap:+.1%}): the channel granularity (grouped convolutions, "
                       f"at least one channel per layer, {len(left_out)} layer group(s) left unpruned) allows no "
                       "closer", PruningTargetWarning, stacklevel=2)
-    return pruned.eval(), rec, info
+    return PruneResult(pruned.eval(), rec, info)
 
+
+@dataclass
+class PruneResult:
+    """The pruned model (before fine-tuning), its replayable record and a summary (FLOPs and params removed,
+    ``left_unpruned`` layers with reasons, ``target_missed_by`` where the target could not be met). Unpacks as
+    ``model, record, info``."""
+
+    model: nn.Module
+    record: PruningRecord
+    info: dict
+
+    def __iter__(self):
+        return iter((self.model, self.record, self.info))
+
+
+class _CallablePackage(types.ModuleType):
+    """``slimzoo.prune(model, ...)`` is :func:`prune`, while ``slimzoo.prune.PruneConfig`` stays importable."""
+
+    def __call__(self, *args, **kwargs) -> PruneResult:
+        return prune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 TARGET_TOLERANCE = 0.02  # FLOPs reduction reached within 2 points of the asked one
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import reject_unknown_keys
 from ..errors import ConfigError
+from .preprocess import preprocess
 from .ptq import PTQConfig
 from .qdq import plan_qdq, write_qdq
 from .qparams import QuantParams, activation_qparams, weight_qparams
@@ -75,7 +76,8 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
     with tempfile.TemporaryDirectory() as d:
         path = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example_inputs)
         onnx_model = onnx.load(str(path))
-    plan = plan_qdq(onnx_model, set(cfg.keep_fp32))
+    preprocess(onnx_model, cfg.calibration.target)  # the graph PTQ quantizes (Pad fused, hard activations split)
+    plan = plan_qdq(onnx_model, set(cfg.keep_fp32), cfg.calibration.target)
     ranges = collect_ranges(onnx_model, plan.activations, calib_batches, method=cfg.calibration.calibration,
                             percentile=cfg.calibration.percentile)
     qmod = OnnxModule(onnx_model, {t: ranges[t] for t in plan.activations},
