@@ -85,9 +85,13 @@ def photos() -> list[np.ndarray]:
     return out + list(load_sample_images().images)
 
 
-def crops(images: list[np.ndarray], n: int, size: int, seed: int, mean_std) -> np.ndarray:
-    """``n`` random square crops, resized to ``size``, normalised, NCHW float32. A crop's side is 28-100% of the
-    photo's shorter side: 8-100% of its area, the range of torchvision's RandomResizedCrop for ImageNet."""
+CROP_MIN = 0.08 ** 0.5  # a crop's side, as a fraction of the photo's shorter side: RandomResizedCrop's 8% of area
+
+
+def crops(images: list[np.ndarray], n: int, size: int, seed: int, mean_std, crop_min: float = CROP_MIN
+          ) -> np.ndarray:
+    """``n`` random square crops, resized to ``size``, normalised, NCHW float32. A crop's side is ``crop_min``-100%
+    of the photo's shorter side (default 28%: 8-100% of its area, torchvision's RandomResizedCrop range)."""
     import torch.nn.functional as F
 
     rng = np.random.default_rng(seed)
@@ -96,7 +100,7 @@ def crops(images: list[np.ndarray], n: int, size: int, seed: int, mean_std) -> n
     for _ in range(n):
         im = images[rng.integers(len(images))]
         h, w = im.shape[:2]
-        s = int(min(h, w) * np.sqrt(rng.uniform(0.08, 1.0)))
+        s = int(min(h, w) * np.sqrt(rng.uniform(crop_min ** 2, 1.0)))
         y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
         t = torch.from_numpy(np.ascontiguousarray(im[y:y + s, x:x + s])).permute(2, 0, 1)[None].float() / 255
         if rng.random() < 0.5:
@@ -229,7 +233,7 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
     warm = crops(calib_photos, 64, 224, 100, mean_std)
     model, outs, _ = build(name, warm)
     fp32 = export_onnx(model, d / "fp32.onnx", torch.from_numpy(warm[:1]), output_names=outs)
-    evals = crops(eval_photos, args.num_eval, 224, 200, mean_std)
+    evals = crops(eval_photos, args.num_eval, 224, 200, mean_std, args.crop_min)
     ref = run_all(fp32, evals)
     methods = {"slimzoo": slimzoo_method(PTQConfig())}
     if name == "efficientnet_lite0":
@@ -239,13 +243,13 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
     methods["nncf"] = nncf_method
     rows, files = [], {"FP32": fp32}
     base = integer_layers(fp32)
-    rows.append({"model": name, "method": "FP32", "integer": 0, "total": base.total, "size_mb": file_size_mb(fp32),
+    rows.append({"model": name, "method": "FP32", "crop_min": round(args.crop_min, 3), "integer": 0, "total": base.total, "size_mb": file_size_mb(fp32),
                  "quant_s": 0.0, "sqnr_db": float("inf"), "agreement": 100.0, "top5_overlap": 100.0, "kl": 0.0})
     for method, fn in methods.items():
         accs, secs = [], []
         try:
             for k in range(args.draws):
-                calib_x = crops(calib_photos, args.num_calibration, 224, 300 + k, mean_std)
+                calib_x = crops(calib_photos, args.num_calibration, 224, 300 + k, mean_std, args.crop_min)
                 calib = [calib_x[i:i + 16] for i in range(0, len(calib_x), 16)]
                 tag = "-bc" if "bias" in method else "-ov" if "openvino" in method else ""
                 out = d / f"{method.split()[0]}{tag}_{k}.onnx"
@@ -283,17 +287,19 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["Model", "Method", "Integer / all", "ORT T1 / T2 ms", "T1 speed-up", "OpenVINO T1 / T2 ms", "Size MB",
+    head = ["Model", "Crops", "Method", "Integer / all", "ORT T1 / T2 ms", "T1 speed-up", "OpenVINO T1 / T2 ms", "Size MB",
             "SQNR dB", "Agreement %", "Top-5 overlap %", "KL", "Quantize s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    # crop range of each model's run (side fraction of the shorter side); runs before the option: 10-100%
+    crop_of = {r["model"]: f"{r.get('crop_min', 0.1):.0%}-100%" for r in rows if r["method"] == "FP32"}
     f = lambda r, k, p=2: "-" if r.get(k) is None else f"{r[k]:.{p}f}"  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | failed: {r['error']} |" + " |" * (len(head) - 3))
+            lines.append(f"| {r['model']} | | {r['method']} | failed: {r['error']} |" + " |" * (len(head) - 4))
             continue
         spread = lambda k, p: f"{f(r, k, p)} ± {r[k + '_spread'] / 2:.{p}f}" if k + "_spread" in r else f(r, k, p)  # noqa: E731
         lines.append(" | ".join([
-            f"| {r['model']}", r["method"], f"{r['integer']} / {r['total']}",
+            f"| {r['model']}", crop_of.get(r["model"], ""), r["method"], f"{r['integer']} / {r['total']}",
             f"{f(r, 'ort_t1_ms')} / {f(r, 'ort_t2_ms')}", f(r, "ort_t1_speedup") + ("x" if r.get("ort_t1_speedup") else ""),
             f"{f(r, 'ov_t1_ms')} / {f(r, 'ov_t2_ms')}", f(r, "size_mb"),
             "-" if r["method"] == "FP32" else spread("sqnr_db", 1), spread("agreement", 1),
@@ -308,6 +314,8 @@ def main() -> None:
     ap.add_argument("--num-calibration", type=int, default=64)
     ap.add_argument("--num-eval", type=int, default=200)
     ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--crop-min", type=float, default=CROP_MIN,
+                    help="smallest crop side as a fraction of a photo's shorter side (default: RandomResizedCrop's)")
     ap.add_argument("--rounds", type=int, default=3, help="turns of timing over the files")
     ap.add_argument("--runs", type=int, default=5, help="timed calls per file per turn")
     ap.add_argument("--work", default="runs/bench_any_model", help="per-model files and results (resumable)")

@@ -31,7 +31,8 @@ BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no 
 # MatMul between two activations (attention's Q.K^T and A.V): left in float, as measured faster in ONNX Runtime
 # on torchvision's ViT (docs/quantization.md; benchmarks/qdq_placement.py toggles it)
 ACTIVATION_MATMUL = False
-PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
+               "Gather"}
 
 
 @dataclass
@@ -146,11 +147,13 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
         for c in consumers[t]:
             if accept(c):
                 return True
-            if (c.op_type in PASSTHROUGH or c.op_type in ("Relu", "Clip") or c.name in rescale) \
-                    and c.name not in keep_fp32 and c.output[0] not in seen:
-                seen.add(c.output[0])
-                if feeds(c.output[0], accept, seen):
-                    return True
+            if (c.op_type in PASSTHROUGH and c.input[0] == t or c.op_type in ("Relu", "Clip") or c.name in rescale) \
+                    and c.name not in keep_fp32:
+                for o in c.output:
+                    if o not in seen:
+                        seen.add(o)
+                        if feeds(o, accept, seen):
+                            return True
         return False
 
     # Which ops run in INT8: every conv/gemm/matmul with constant weights, and an op with an integer kernel
@@ -262,12 +265,12 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
                     changed = True
                 continue
             if n.op_type in PASSTHROUGH and n.name not in keep_fp32 and n.input[0] in (set(acts) | set(plan.shared)):
-                o = n.output[0]
-                if o in acts:
-                    acts.remove(o)
-                if o not in plan.shared and o not in graph_outputs:
-                    plan.shared[o] = plan.shared.get(n.input[0], n.input[0])
-                    changed = True
+                for o in n.output:  # Split has several
+                    if o in acts:
+                        acts.remove(o)
+                    if o not in plan.shared and o not in graph_outputs and o not in nonfloat:
+                        plan.shared[o] = plan.shared.get(n.input[0], n.input[0])
+                        changed = True
     plan.activations = acts
     return plan
 
@@ -421,7 +424,10 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
             body += rescaled_nodes(n.output[0])
             continue
         for k, i in enumerate(n.input):
-            if i in rename:
+            if i in rename and n.op_type in ("Shape", "Size") and (i in quantized or i in plan.rescaled):
+                # a shape is the same on the uint8 tensor: reading it there spares a DequantizeLinear
+                n.input[k] = f"{plan.rescaled[i][0] if i in plan.rescaled else i}_quantized"
+            elif i in rename:
                 n.input[k] = rename[i]
         if n.name in bias_input:
             n.input[2] = bias_input[n.name]
