@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from _heldout import machine_line, write_csv
 from any_model import IMAGENET, accuracy, build, crops, latencies, photos, run_all

@@ -63,8 +63,6 @@ def prepare_onnx(path: str | Path, out: str | Path) -> Path:
     import onnx
     import onnxruntime as ort
 
-    from .runtime import ort_session  # noqa: F401 - the same error wording for unreadable files
-
     src = Path(path)
     if not src.is_file():
         raise ConfigError(f"{src}: ONNX file not found")
@@ -134,7 +132,7 @@ def quantize_with_accuracy_control(model, data: Iterable, evaluate: Callable[[Pa
                                    out: str | Path | None = None) -> QuantResult:
     """INT8 with the fewest layers left in float (most harmful first) so that ``evaluate(path)`` (the metric of an
     ONNX file, higher is better) drops at most ``max_drop`` below the FP32 file's."""
-    from .quant.analysis import analyze_layers, keep_fewest_fp32
+    from .quant.analysis import quantize_within_drop
     from .quant.ptq import calibration_set
 
     cfg = _config(config, ())
@@ -150,9 +148,9 @@ def quantize_with_accuracy_control(model, data: Iterable, evaluate: Callable[[Pa
 
             x = example_inputs if example_inputs is not None else torch.from_numpy(batches[0][:1])
             fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", x)
-        analysis = analyze_layers(fp32, batches, evaluate, cfg=cfg, progress=False)
-        path, kept, metric = keep_fewest_fp32(fp32, batches, evaluate, out, max_drop, analysis, cfg=cfg)
-    return QuantResult(path=Path(path), kept_fp32=kept, metric=metric)
+        path, analysis = quantize_within_drop(fp32, batches, evaluate, out, max_drop, cfg=cfg, progress=False)
+    done = analysis["accuracy_aware"]
+    return QuantResult(path=Path(path), kept_fp32=done["kept_fp32"], metric=done["metric"])
 
 
 def prepare_qat(model, data: Iterable, config=None, *, transform_fn: Callable | None = None, example_inputs=None):

@@ -8,6 +8,13 @@ from pathlib import Path
 
 from .errors import ConfigError, SlimzooError
 
+def task_of_folder(root: Path) -> str:
+    """``detection``, ``segmentation`` or ``classification`` (see :func:`slimzoo.tasks.task_of_folder`)."""
+    from .tasks import task_of_folder as detect
+
+    return detect(root)
+
+
 # the runtimes of slimzoo.runtime.RUNTIMES, spelled out so that `slimzoo --help` imports neither torch nor ORT
 RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "onnxruntime-tensorrt")
 
@@ -15,7 +22,7 @@ RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-cuda", "onnxruntime-tensorrt
 def _task(args, data: str | None = None):
     """The task of the dataset folder: detection for COCO/VOC layouts, segmentation for PaddleSeg lists
     (``images/x labels/x`` lines) or the Cityscapes layout, else classification."""
-    from .tasks import get_task
+    from .tasks import get_task, task_of_folder
 
     root = Path(data or args.data)
     name = task_of_folder(root)
@@ -24,23 +31,6 @@ def _task(args, data: str | None = None):
         kw["eval_size"] = _hw(args.eval_size)
     return get_task(name, data_root=root, image_size=args.image_size, batch_size=args.batch_size,
                     num_workers=args.workers, **kw)
-
-
-def task_of_folder(root: Path) -> str:
-    """``detection``, ``segmentation`` or ``classification``, from a dataset folder's layout."""
-    if (root / "annotations").is_dir() or (root / "Annotations").is_dir():
-        return "detection"
-    if (root / "leftImg8bit").is_dir():
-        return "segmentation"
-    for name in ("train_list.txt", "val_list.txt"):
-        f = root / name
-        if f.is_file():
-            with f.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    parts = line.split()
-                    if len(parts) == 2 and not parts[0].startswith("#"):
-                        return "segmentation" if not parts[1].lstrip("-").isdigit() else "classification"
-    return "classification"
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -225,13 +215,14 @@ def cmd_quant(args) -> None:
             fp32 = export_onnx(fold_batchnorm(_model(args, task.num_classes, task)), Path(d) / "fp32_folded.onnx",
                                torch.randn(1, 3, args.image_size, args.image_size))
         if args.analyze or args.max_drop is not None:
-            from .quant.analysis import analyze_layers, keep_fewest_fp32, plot_analysis
+            from .quant.analysis import analyze_layers, plot_analysis, quantize_within_drop
 
-            analysis = analyze_layers(fp32, calib, evaluate, cfg=cfg)
             if args.max_drop is not None:
-                path, kept, metric = keep_fewest_fp32(fp32, calib, evaluate, out, args.max_drop, analysis, cfg=cfg)
-                analysis["accuracy_aware"] = {"max_drop": args.max_drop, "kept_fp32": kept, "metric": metric}
+                _, analysis = quantize_within_drop(fp32, calib, evaluate, out, args.max_drop, cfg=cfg)
+                kept = analysis["accuracy_aware"]["kept_fp32"]
                 print(f"kept {len(kept)} layer(s) in FP32 to stay within {args.max_drop}: {kept}")
+            else:
+                analysis = analyze_layers(fp32, calib, evaluate, cfg=cfg)
             write_json(out.with_suffix(".analysis.json"), analysis)
             plot_analysis(analysis, out.with_suffix(".analysis.png"))
             print(f"wrote {out.with_suffix('.analysis.json')} and {out.with_suffix('.analysis.png')}")
@@ -316,7 +307,7 @@ def cmd_sensitivity(args) -> None:
 def cmd_prune(args) -> None:
     from .prune import PruneConfig
     from .prune.finetune import prune_and_finetune
-    from .prune.sensitivity import model_fingerprint
+    from .prune.sensitivity import finished_analysis
     from .runtime import TorchPredictor
     from .storage import read_json, write_json
     from .training import TrainConfig
@@ -327,12 +318,7 @@ def cmd_prune(args) -> None:
     sens_path = Path(args.sensitivity) if args.sensitivity else out / "sensitivity.json"
     file_cfg = None
     if not args.uniform and args.sensitivity and sens_path.is_file():
-        sens = read_json(sens_path)
-        if sens.get("fingerprint") != model_fingerprint(model) or not all(
-                e.get("done") for e in sens.get("layers", {}).values()):
-            raise ConfigError(f"{sens_path}: measured on other weights or unfinished; rerun `slimzoo sensitivity` "
-                              "on this model (it resumes an unfinished file)")
-        file_cfg = sens["config"]
+        file_cfg = finished_analysis(sens_path, model)["config"]
     pcfg = PruneConfig.from_dict({"flops_reduction": args.flops_reduction, "importance": args.importance,
                                   "method": "uniform" if args.uniform else "sensitivity", "round_to": args.round_to,
                                   "sensitivity": _sensitivity_config(args, file_cfg)})

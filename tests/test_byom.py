@@ -52,3 +52,42 @@ def test_import_slimzoo_is_light_and_exposes_the_facade():
             "slimzoo.quantize, slimzoo.prune, slimzoo.prepare_qat, slimzoo.convert; "
             "assert callable(slimzoo.prune) and slimzoo.prune.PruneConfig")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_configs_validate_themselves_however_built():
+    from slimzoo import PruneConfig, PTQConfig
+    from slimzoo.errors import ConfigError
+
+    for bad in ({"num_calibration": 0}, {"calibration": "best"}, {"percentile": 20}, {"keep_fp32": "conv1"}):
+        with pytest.raises(ConfigError):
+            PTQConfig(**bad)
+    for bad in ({"flops_reduction": 1.5}, {"method": "random"}, {"round_to": 0}, {"ignored": "fc"}):
+        with pytest.raises(ConfigError):
+            PruneConfig(**bad)
+
+
+def test_task_detection_and_quantization_through_the_public_api(tmp_path):
+    import torch
+    from torch import nn
+
+    import slimzoo
+    from slimzoo.data.synth_cls import write_synth_cls
+    from slimzoo.tasks import get_task, task_of_folder
+
+    root = write_synth_cls(tmp_path / "d", num_train=16, num_val=8, size=32, progress=False)
+    assert task_of_folder(root) == "classification"
+    task = get_task("classification", data_root=root, image_size=32)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, task.num_classes)).eval()
+    loader = task.train_loader(8)
+    res = slimzoo.quantize(model, loader, slimzoo.PTQConfig(num_calibration=8), transform_fn=lambda b: b[0],
+                           out=tmp_path / "q.onnx", check=False)
+    (tmp_path / "copy").mkdir()
+    assert res.path.is_file() and res.save(tmp_path / "copy").name == "q.onnx"  # into a folder: same name
+    from slimzoo.runtime import OnnxPredictor
+
+    res2 = slimzoo.quantize_with_accuracy_control(
+        model, loader, lambda p: task.evaluate(OnnxPredictor(p))["top1"], 100.0,
+        slimzoo.PTQConfig(num_calibration=8), transform_fn=lambda b: b[0], out=tmp_path / "aa.onnx")
+    assert res2.path.is_file() and res2.kept_fp32 == [] and res2.metric is not None
+    assert torch.is_tensor(next(iter(loader))[0])

@@ -59,19 +59,26 @@ class PruneConfig:
         d = dict(reject_unknown_keys(cls, d, "pruning"))
         sens = d.pop("sensitivity", None)
         cfg = cls(**d)
-        cfg.ignored = tuple(cfg.ignored)
         if isinstance(sens, SensitivityConfig):
             cfg.sensitivity = sens
         else:  # the sweep ranks channels the same way the final pruning does
             cfg.sensitivity = SensitivityConfig.from_dict(
                 {"importance": cfg.importance, "round_to": cfg.round_to, **(sens or {})})
-        if not 0 < cfg.flops_reduction < 1:
-            raise ConfigError(f"flops_reduction must be in (0, 1), got {cfg.flops_reduction}")
-        if cfg.method not in METHODS:
-            raise ConfigError(f"pruning method must be one of {METHODS}, got {cfg.method!r}")
-        if cfg.importance not in IMPORTANCES:
-            raise ConfigError(f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}")
         return cfg
+
+    def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
+        if isinstance(self.flops_reduction, bool) or not isinstance(self.flops_reduction, (int, float)) \
+                or not 0 < self.flops_reduction < 1:
+            raise ConfigError(f"flops_reduction must be in (0, 1), got {self.flops_reduction!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"pruning method must be one of {METHODS}, got {self.method!r}")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if isinstance(self.ignored, str):
+            raise ConfigError(f"ignored must be a list of layer names, got {self.ignored!r}")
+        self.ignored = tuple(self.ignored)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -158,6 +158,16 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
     return res
 
 
+def finished_analysis(path: str | Path, model: nn.Module) -> dict:
+    """A finished sensitivity analysis of exactly these weights, read from ``path``; a ConfigError otherwise."""
+    sens = read_json(path)
+    if not isinstance(sens, dict) or sens.get("fingerprint") != model_fingerprint(model) or not all(
+            e.get("done") for e in sens.get("layers", {}).values()):
+        raise ConfigError(f"{path}: measured on other weights or unfinished; rerun `slimzoo sensitivity` "
+                          "on this model (it resumes an unfinished file)")
+    return sens
+
+
 def _load_matching(path: Path, fp: str, cfg: SensitivityConfig) -> dict | None:
     """The analysis stored at ``path`` if it is of these weights and this config, else None."""
     res = read_json(path) if path.is_file() else None

@@ -121,6 +121,17 @@ def keep_fewest_fp32(fp32_path: str | Path, batches: Sequence, evaluate: Callabl
     raise AssertionError("unreachable")
 
 
+def quantize_within_drop(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float], out_path,
+                         max_drop: float, *, cfg: PTQConfig | None = None, progress: bool = True
+                         ) -> tuple[Path, dict]:
+    """The accuracy-aware flow: per-layer analysis, then the fewest layers in FP32 so that ``evaluate`` drops at
+    most ``max_drop``. Returns (the INT8 file, the analysis with an ``accuracy_aware`` entry)."""
+    analysis = analyze_layers(fp32_path, batches, evaluate, cfg=cfg, progress=progress)
+    path, kept, metric = keep_fewest_fp32(fp32_path, batches, evaluate, out_path, max_drop, analysis, cfg=cfg)
+    analysis["accuracy_aware"] = {"max_drop": max_drop, "kept_fp32": kept, "metric": metric}
+    return path, analysis
+
+
 def plot_analysis(analysis: dict, path: str | Path) -> Path:
     """A PNG bar chart: per-layer SQNR and metric change when only that layer is INT8."""
     import matplotlib

@@ -136,7 +136,8 @@ def decompose_hard_activations(model) -> int:
         else:
             new_nodes.append(n)
             continue
-        x, y, stem = n.input[0], n.output[0], n.name or y
+        x, y = n.input[0], n.output[0]
+        stem = n.name or y
         c_shift, c_zero, c_hi = (const(f"{stem}_shift", shift), const(f"{stem}_zero", 0.0),
                                  const(f"{stem}_high", hi))
         new_nodes += [helper.make_node("Add", [x, c_shift], [f"{stem}_shifted"], name=f"{stem}_add"),

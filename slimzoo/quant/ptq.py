@@ -41,11 +41,24 @@ class PTQConfig:
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
     target: str = "onnxruntime"  # the runtime the placement is made for: onnxruntime | openvino (qdq.plan_qdq)
 
-    def __post_init__(self):
+    def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
+        from .calibrate import METHODS
         from .qdq import TARGETS
 
         if self.target not in TARGETS:
             raise ConfigError(f"quantization target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.calibration not in METHODS:
+            raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, got {self.calibration!r}")
+        if not 50 < float(self.percentile) <= 100:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        for name in ("num_calibration", "calibration_batch_size", "bias_correction_images", "adaround_iters",
+                     "adaround_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.keep_fp32, str) or not all(isinstance(k, str) for k in self.keep_fp32):
+            raise ConfigError(f"keep_fp32 must be a list of layer names, got {self.keep_fp32!r}")
+        self.keep_fp32 = list(self.keep_fp32)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PTQConfig:

@@ -1,6 +1,8 @@
 """Tasks supply what the task-agnostic algorithms need: data, loss, metric and evaluation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import ConfigError
 
 
@@ -39,3 +41,21 @@ def check_model_fits(task, predict, what: str = "the model") -> None:
         raise ConfigError(f"{what} outputs {n} classes but the dataset {task.data_root} has {task.num_classes}; "
                           f"build it with num_classes={task.num_classes} (--num-classes / --model-kwargs) or fine-tune "
                           "a new head first")
+
+
+def task_of_folder(root: Path) -> str:
+    """``detection``, ``segmentation`` or ``classification``, from a dataset folder's layout."""
+    root = Path(root)
+    if (root / "annotations").is_dir() or (root / "Annotations").is_dir():
+        return "detection"
+    if (root / "leftImg8bit").is_dir():
+        return "segmentation"
+    for name in ("train_list.txt", "val_list.txt"):
+        f = root / name
+        if f.is_file():
+            with f.open(encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) == 2 and not parts[0].startswith("#"):
+                        return "segmentation" if not parts[1].lstrip("-").isdigit() else "classification"
+    return "classification"
