@@ -286,6 +286,14 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
     return rows
 
 
+def add_run_args(ap, work: str) -> None:
+    """Options every benchmark of this family takes: timing turns, the resumable work folder, the results folder."""
+    ap.add_argument("--rounds", type=int, default=3, help="turns of timing over the files")
+    ap.add_argument("--runs", type=int, default=5, help="timed calls per file per turn")
+    ap.add_argument("--work", default=work, help="per-model files and results (resumable)")
+    ap.add_argument("--out", default=str(RESULTS))
+
+
 def markdown(rows: list[dict]) -> str:
     head = ["Model", "Crops", "Method", "Integer / all", "ORT T1 / T2 ms", "T1 speed-up", "OpenVINO T1 / T2 ms", "Size MB",
             "SQNR dB", "Agreement %", "Top-5 overlap %", "KL", "Quantize s"]
@@ -316,10 +324,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=2)
     ap.add_argument("--crop-min", type=float, default=CROP_MIN,
                     help="smallest crop side as a fraction of a photo's shorter side (default: RandomResizedCrop's)")
-    ap.add_argument("--rounds", type=int, default=3, help="turns of timing over the files")
-    ap.add_argument("--runs", type=int, default=5, help="timed calls per file per turn")
-    ap.add_argument("--work", default="runs/bench_any_model", help="per-model files and results (resumable)")
-    ap.add_argument("--out", default=str(RESULTS))
+    add_run_args(ap, "runs/bench_any_model")
     ap.add_argument("--name", default="any_model")
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _heldout import machine_line, write_csv
-from any_model import IMAGENET, build, crops, latencies, photos
+from any_model import IMAGENET, add_run_args, build, crops, latencies, photos
 
 from slimzoo.export import export_onnx
 from slimzoo.prune import PruneConfig, SensitivityConfig, prune, replay
@@ -191,10 +191,7 @@ def main() -> None:
     ap.add_argument("--prune-size", type=int, default=112,
                     help="input size the CNNs are traced and counted at (ViT/Swin: 224); FLOPs ratios do not depend "
                          "on it")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--work", default="runs/bench_prune_any_model")
-    ap.add_argument("--out", default=str(RESULTS))
+    add_run_args(ap, "runs/bench_prune_any_model")
     args = ap.parse_args()
     torch.set_num_threads(2)
     ph = photos()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from _heldout import machine_line, write_csv
-from any_model import IMAGENET, accuracy, build, crops, latencies, photos, run_all
+from any_model import IMAGENET, add_run_args, accuracy, build, crops, latencies, photos, run_all
 
 from slimzoo.export import export_onnx
 from slimzoo.quant import integer_layers, quantize_onnx
@@ -44,10 +44,7 @@ def main() -> None:
                              "vit_b_16"])
     ap.add_argument("--num-calibration", type=int, default=32)
     ap.add_argument("--num-eval", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--work", default="runs/bench_qdq_placement")
-    ap.add_argument("--out", default=str(RESULTS))
+    add_run_args(ap, "runs/bench_qdq_placement")
     args = ap.parse_args()
     torch.set_num_threads(2)
     ph = photos()

@@ -14,17 +14,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from .qdq import _attr
+from .qdq import _attr, consumer_map
 
 
 def equalization_pairs(model) -> list[tuple]:
     """(conv1, conv2) node pairs joined directly or by a ReLU, where conv1's output feeds only that path."""
     g = model.graph
     inits = {i.name for i in g.initializer}
-    consumers = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = consumer_map(g)
     outputs = {o.name for o in g.output}
     pairs = []
     for a in g.node:

@@ -5,27 +5,15 @@
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
-
-def _const(model, name: str):
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
+from .qdq import _attr, _const_value, consumer_map
 
 
 def _const_through(model, name: str, depth: int = 32):
     """The value of ``name`` if it is a constant or computed from constants only (the shape arithmetic the
     exporter writes for a dynamic-size ``Pad``), evaluated node by node; None otherwise."""
-    value = _const(model, name)
+    value = _const_value(model, name)
     if value is not None or depth == 0 or not name:
         return value
     producer = next((n for n in model.graph.node if name in n.output), None)
@@ -46,15 +34,6 @@ def _const_through(model, name: str, depth: int = 32):
     return outs[list(producer.output).index(name)]
 
 
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _zero_spatial_pads(model, pad) -> list[int] | None:
     """The spatial pads of a constant-zero NCHW ``Pad`` node as [top, left, bottom, right], or None."""
     if (_attr(pad, "mode", b"constant") or b"constant") not in (b"constant", "constant"):
@@ -72,10 +51,7 @@ def _zero_spatial_pads(model, pad) -> list[int] | None:
 def fuse_pad_into_conv(model) -> int:
     """Merge zero ``Pad`` nodes into the ``Conv`` nodes they feed (in place); returns how many were merged."""
     g = model.graph
-    consumers: dict[str, list] = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = consumer_map(g)
     outputs = {o.name for o in g.output}
     drop = []
     for pad in g.node:

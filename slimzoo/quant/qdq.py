@@ -67,6 +67,15 @@ def _const_value(model, name: str):
     return None
 
 
+def consumer_map(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    consumers: dict[str, list] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    return consumers
+
+
 def _attr(node, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
@@ -117,10 +126,7 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
     keep_fp32 |= {n.name for n in g.node if module_name(n, inits) in keep_fp32}
     consts = inits | {n.output[0] for n in g.node if n.op_type == "Constant"}
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
+    consumers = consumer_map(g)
     graph_outputs = {o.name for o in g.output}
     nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
     plan = QdqPlan()
