@@ -42,12 +42,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
         """Build from a dict, rejecting unknown keys with a clear message."""
-        cfg = cls(**reject_unknown_keys(cls, d, "training"))
-        if cfg.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
-        if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
-            raise ConfigError(f"invalid training config: {cfg}")
-        return cfg
+        return cls(**reject_unknown_keys(cls, d, "training"))
+
+    def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
+        import math
+
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch_size" else 0):
+                raise ConfigError(f"training {name} must be an integer >= {1 if name == 'batch_size' else 0}, "
+                                  f"got {v!r}")
+        for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "momentum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or name == "lr" and v == 0:
+                raise ConfigError(f"training {name} must be a finite number{' > 0' if name == 'lr' else ' >= 0'}, "
+                                  f"got {v!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

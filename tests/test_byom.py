@@ -91,3 +91,23 @@ def test_task_detection_and_quantization_through_the_public_api(tmp_path):
         slimzoo.PTQConfig(num_calibration=8), transform_fn=lambda b: b[0], out=tmp_path / "aa.onnx")
     assert res2.path.is_file() and res2.kept_fp32 == [] and res2.metric is not None
     assert torch.is_tensor(next(iter(loader))[0])
+
+
+def test_sensitivity_file_of_other_weights_is_refused(tmp_path):
+    import torch
+
+    from slimzoo.errors import ConfigError
+    from slimzoo.prune import SensitivityConfig, analyze_sensitivity
+    from slimzoo.prune.sensitivity import finished_analysis
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1)).eval()
+
+    m = make(0)
+    path = tmp_path / "s.json"
+    analyze_sensitivity(m, torch.randn(1, 3, 8, 8), lambda _: 1.0, path, SensitivityConfig(ratios=(0.5,)),
+                        progress=False)
+    assert finished_analysis(path, m)["config"]["ratios"] == [0.5]
+    with pytest.raises(ConfigError, match="other weights"):
+        finished_analysis(path, make(1))

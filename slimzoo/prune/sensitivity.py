@@ -54,16 +54,24 @@ class SensitivityConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> SensitivityConfig:
-        cfg = cls(**reject_unknown_keys(cls, d, "sensitivity"))
-        cfg.ratios = tuple(sorted(float(r) for r in cfg.ratios))
-        cfg.ignored = tuple(cfg.ignored)
-        if not cfg.ratios or not all(0 < r < 1 for r in cfg.ratios):
-            raise ConfigError(f"sensitivity ratios must lie in (0, 1), got {cfg.ratios}")
-        if cfg.importance not in IMPORTANCES:
-            raise ConfigError(f"importance must be one of {IMPORTANCES}, got {cfg.importance!r}")
-        if cfg.round_to < 1:
-            raise ConfigError(f"round_to must be >= 1, got {cfg.round_to}")
-        return cfg
+        return cls(**reject_unknown_keys(cls, d, "sensitivity"))
+
+    def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
+        try:
+            self.ratios = tuple(sorted(float(r) for r in self.ratios))
+        except (TypeError, ValueError):
+            raise ConfigError(f"sensitivity ratios must be numbers, got {self.ratios!r}") from None
+        if isinstance(self.ignored, str):
+            raise ConfigError(f"ignored must be a list of layer names, got {self.ignored!r}")
+        self.ignored = tuple(self.ignored)
+        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
+            raise ConfigError(f"sensitivity ratios must lie in (0, 1), got {self.ratios}")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1, got {self.round_to!r}")
+        if not isinstance(self.eval_images, int) or self.eval_images < 1:
+            raise ConfigError(f"eval_images must be a positive integer, got {self.eval_images!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
