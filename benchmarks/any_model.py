@@ -277,12 +277,31 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
         rows.append(row)
         print(f"  {name} {method}: {c.integer}/{c.total} integer, agreement {row['agreement']:.1f}%, "
               f"SQNR {row['sqnr_db']:.1f} dB", flush=True)
+    write_json(cache, time_rows(rows, files, args))
+    return rows
+
+
+def time_rows(rows: list[dict], files: dict[str, Path], args) -> list[dict]:
+    """Add the latencies of ``files`` (method -> ONNX file) to the rows of one model, timed side by side."""
     lat = latencies(files, args.rounds, args.runs)
     for r in rows:
         r.update(lat.get(r["method"], {}))
         if r["method"] != "FP32" and "ort_t1_ms" in r:
             r["ort_t1_speedup"] = rows[0]["ort_t1_ms"] / r["ort_t1_ms"]
-    write_json(cache, rows)
+    return rows
+
+
+def retime(name: str, args, work: Path) -> list[dict]:
+    """Time a finished model's files again (a quiet machine after a loaded one), keeping its accuracy figures."""
+    cache = work / f"{name}.json"
+    rows = json.loads(cache.read_text())
+    d = work / name
+    tag = {"slimzoo (bias correction)": "slimzoo-bc", "slimzoo --target openvino": "slimzoo-ov"}
+    files = {"FP32": d / "fp32.onnx"}
+    for r in rows:
+        if r["method"] != "FP32" and "error" not in r:
+            files[r["method"]] = d / f"{tag.get(r['method'], r['method'].split()[0])}_0.onnx"
+    write_json(cache, time_rows(rows, files, args))
     return rows
 
 
@@ -325,6 +344,8 @@ def main() -> None:
     ap.add_argument("--crop-min", type=float, default=CROP_MIN,
                     help="smallest crop side as a fraction of a photo's shorter side (default: RandomResizedCrop's)")
     add_run_args(ap, "runs/bench_any_model")
+    ap.add_argument("--retime", action="store_true",
+                    help="only time again the files of models already done (their accuracy figures are kept)")
     ap.add_argument("--name", default="any_model")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -334,12 +355,17 @@ def main() -> None:
     rows = []
     for name in args.models + (["efficientnet_lite0"] if args.lite0 else []):
         print(f"{name}", flush=True)
+        if args.retime and (work / f"{name}.json").exists():
+            rows += retime(name, args, work)
+            continue
         rows += bench_model(name, args, work, calib_photos, eval_photos)
         write_csv(Path(args.out) / f"{args.name}.csv", rows)
     cmd = "python benchmarks/any_model.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "work", "name", "lite0", "models")) \
+        for k, v in vars(args).items() if k not in ("out", "work", "name", "lite0", "models", "retime")) \
         + (" --lite0" if args.lite0 else "")
+    if args.retime:
+        cmd += "`, latencies then re-timed on a quieter machine with `--retime"
     write_text(Path(args.out) / f"{args.name}.md",
                f"# INT8 on networks beyond the zoo\n\n{machine_line()}\n\n`{cmd}` (models: {' '.join(args.models)})\n\n"
                f"{len(calib_photos)} photos for calibration, {len(eval_photos)} other photos for evaluation crops; "
