@@ -124,8 +124,10 @@ def test_smoke_profile_runs_every_row(tmp_path):
             assert r["size_mb"] < (0.6 if r["task"] == "segmentation" else 0.45) * by_id[r["base"]]["size_mb"]
         elif r["strategy"] in ("quant", "qat"):  # INT8 of a pruned tiny model: metadata weighs even more
             assert r["size_mb"] < by_id[r["base"]]["size_mb"]
-        if r["strategy"] == "prune":
-            assert r["flops"] <= (1 - r["pruning"]["target_flops_reduction"]) * by_id[r["base"]]["flops"] * 1.01
+        if r["strategy"] == "prune":  # within 2 points of the target, or the summary says by how much it missed
+            reached = 1 - r["flops"] / by_id[r["base"]]["flops"]
+            target = r["pruning"]["target_flops_reduction"]
+            assert abs(reached - target) <= 0.021 or "target_missed_by" in r["pruning"], r["pruning"]
             assert r["size_mb"] < by_id[r["base"]]["size_mb"]
     md = (out / "ZOO.md").read_text()
     assert "<table" in (out / "report.html").read_text()
