@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import cli_args as A
 from .errors import ConfigError, SlimzooError
 
 def task_of_folder(root: Path) -> str:
@@ -28,17 +29,9 @@ def _task(args, data: str | None = None):
     name = task_of_folder(root)
     kw = {"skip_bad_samples": getattr(args, "skip_bad_samples", False)}
     if name == "segmentation" and getattr(args, "eval_size", None):
-        kw["eval_size"] = _hw(args.eval_size)
+        kw["eval_size"] = A.hw(args.eval_size, "--eval-size")
     return get_task(name, data_root=root, image_size=args.image_size, batch_size=args.batch_size,
                     num_workers=args.workers, **kw)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        return h, w
-    except ValueError:
-        raise ConfigError(f"expected a size HxW such as 512x1024, got {text!r}") from None
 
 
 def _model(args, num_classes: int | None = None, task=None):
@@ -48,7 +41,11 @@ def _model(args, num_classes: int | None = None, task=None):
     from .models import create_model
 
     if getattr(args, "checkpoint", None):
-        model = load_checkpoint(args.checkpoint)[0]
+        model, cfg = load_checkpoint(args.checkpoint)
+        if task is not None:
+            from .checkpoint import check_classes
+
+            check_classes(cfg, task, f"{args.checkpoint}/config.json")
     elif not getattr(args, "model", None):
         raise ConfigError("give --checkpoint DIR (from `slimzoo train`) or --model NAME [--weights FILE]")
     else:
@@ -106,7 +103,7 @@ def cmd_data_synth(args) -> None:
         from .data.synth_seg import write_synth_seg
 
         fmt = _synth_format(args, ("paddleseg", "cityscapes"))
-        h, w = _hw(args.seg_size)
+        h, w = A.hw(args.seg_size, "--seg-size")
         out = write_synth_seg(args.out, fmt=fmt, num_train=args.num_train, num_val=args.num_val, width=w, height=h,
                               seed=args.seed)
         print(f"wrote synthetic segmentation dataset ({fmt}) to {out}")
@@ -141,7 +138,12 @@ def cmd_train(args) -> None:
         n = load_backbone(model, load_state_dict_file(src / "model.safetensors" if src.is_dir() else src))
         print(f"backbone initialised from {src} ({n} tensors)")
     out = Path(args.out)
-    model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt")
+    if args.restart:
+        (out / "train_state.pt").unlink(missing_ok=True)
+    fingerprint = {"data": Path(args.data).resolve(), "model": args.model, "model_kwargs": kwargs,
+                   "weights": args.weights, "backbone_weights": args.backbone_weights, "image_size": args.image_size}
+    model = fit(model, task.train_loader(), task.loss_fn, cfg, state_path=out / "train_state.pt",
+                fingerprint=fingerprint)
     metrics = task.evaluate(_torch_predictor(model, args.device), progress=True)
     from . import distributed
 
@@ -168,7 +170,7 @@ def cmd_eval(args) -> None:
 
     task = _task(args)
     predictor = onnx_predictor(args.onnx, args.runtime, threads=args.threads) if args.onnx else _torch_predictor(
-        _model(args, task.num_classes), args.device)
+        _model(args, task.num_classes, task), args.device)
     check_model_fits(task, predictor, str(args.onnx or args.model or args.checkpoint))
     metrics = task.evaluate(predictor, progress=True)
     print(json.dumps(metrics, indent=2))
@@ -372,14 +374,14 @@ def cmd_zoo(args) -> None:
     weights = dict(_pair(x, "--weights", "cls-resnet50-none=resnet50.pth") for x in args.weights or [])
     overrides: dict = {}
     for item in args.set or []:
-        import yaml
+        from .config import safe_yaml
 
         key, text = _pair(item, "--set", "image_size=224")
         node = overrides
         *parents, leaf = key.split(".")
         for k in parents:
             node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = safe_yaml(text, f"--set {key}")
     zoo = Zoo(Path(args.out), profile_name=args.profile, recipes_dir=Path(args.recipes), data_roots=roots,
               weights=weights, overrides=overrides)
     zoo.run(args.rows, force=args.force)
@@ -395,7 +397,7 @@ def cmd_report(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .zoo import RECIPES_DIR
 
-    p = argparse.ArgumentParser(prog="slimzoo", description="Compress PyTorch vision models (INT8 quantization, "
+    p = A.Parser(prog="slimzoo", description="Compress PyTorch vision models (INT8 quantization, "
                                 "structured pruning) and measure accuracy, size and latency.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -403,9 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", required=need_data,
                         help="dataset folder: classification (list format or folder per class), "
                         "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
-        sp.add_argument("--image-size", type=int, default=224, help="train/eval resolution (default 224)")
-        sp.add_argument("--batch-size", type=int, default=64)
-        sp.add_argument("--workers", type=int, default=None,
+        sp.add_argument("--image-size", type=A.IMAGE_SIZE, default=224, help="train/eval resolution (default 224)")
+        sp.add_argument("--batch-size", type=A.BATCH_SIZE, default=64)
+        sp.add_argument("--workers", type=A.WORKERS, default=None,
                             help="DataLoader worker processes (default: 0 on machines with 2 or fewer CPUs, "
                                  "where loading in the training process is faster, else up to 4)")
         sp.add_argument("--skip-bad-samples", action="store_true",
@@ -422,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model-kwargs", help="JSON keyword arguments for the model's factory, e.g. "
                                                "'{\"num_classes\": 10}'")
         sp.add_argument("--weights", help="local state_dict file (.safetensors or torch; loaded weights_only)")
-        sp.add_argument("--num-classes", type=int, default=None)
-        sp.add_argument("--width-mult", type=float, default=1.0)
+        sp.add_argument("--num-classes", type=A.NUM_CLASSES, default=None)
+        sp.add_argument("--width-mult", type=A.WIDTH_MULT, default=1.0)
 
     sp = sub.add_parser("list-models", help="list registered models")
     sp.add_argument("pattern", nargs="?", default="*")
@@ -436,10 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detection: coco (default) or voc; segmentation: paddleseg (default) or cityscapes")
     sp.add_argument("--seg-size", default="128x256", help="segmentation: image size HxW (default 128x256)")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--num-train", type=int, default=8000)
-    sp.add_argument("--num-val", type=int, default=1000)
-    sp.add_argument("--size", type=int, default=72, help="image side in pixels")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--num-train", type=A.COUNT, default=8000)
+    sp.add_argument("--num-val", type=A.COUNT, default=1000)
+    sp.add_argument("--size", type=A.SYNTH_SIZE, default=72, help="image side in pixels")
+    sp.add_argument("--seed", type=A.SEED, default=0)
     sp.set_defaults(func=cmd_data_synth)
 
     sp = sub.add_parser("train", help="train a registered model; writes model.safetensors + config.json")
@@ -448,14 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="initial weights (state_dict file)")
     sp.add_argument("--backbone-weights", help="detector: initialise the backbone from a classifier's state_dict "
                     "file or `slimzoo train` checkpoint folder (same backbone architecture and width)")
-    sp.add_argument("--width-mult", type=float, default=1.0)
+    sp.add_argument("--width-mult", type=A.WIDTH_MULT, default=1.0)
     sp.add_argument("--out", required=True, help="checkpoint folder")
-    sp.add_argument("--epochs", type=int, default=10)
-    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--epochs", type=A.EPOCHS, default=10)
+    sp.add_argument("--lr", type=A.LR, default=2e-3)
     sp.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    sp.add_argument("--weight-decay", type=float, default=0.05)
+    sp.add_argument("--weight-decay", type=A.WEIGHT_DECAY, default=0.05)
     sp.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on AMX CPUs)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=A.SEED, default=0)
+    sp.add_argument("--restart", action="store_true",
+                    help="discard a saved training state in --out and start from epoch 1 (by default a run resumes, "
+                         "and refuses to when its settings differ from the saved state's)")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("eval", help="Top-1/Top-5 of a checkpoint, a state_dict or an ONNX file")
@@ -465,12 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                     help="runtime for --onnx; openvino needs the extra (pip install 'slimzoo[openvino]'), "
                          "onnxruntime-cuda / onnxruntime-tensorrt a GPU and onnxruntime-gpu")
-    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--threads", type=A.THREADS, default=2)
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("export", help="export to ONNX (opset 17, dynamic batch and size)")
     model_args(sp)
-    sp.add_argument("--image-size", type=int, default=224)
+    sp.add_argument("--image-size", type=A.IMAGE_SIZE, default=224)
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_export)
 
@@ -481,13 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output .onnx path")
     sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
                     help="how activation ranges are chosen (see slimzoo.quant.calibrate)")
-    sp.add_argument("--num-calibration", type=int, default=256, help="training images used for calibration")
+    sp.add_argument("--num-calibration", type=A.COUNT, default=256, help="training images used for calibration")
     sp.add_argument("--bias-correction", action="store_true",
                     help="correct each layer's mean output shift caused by quantization")
     sp.add_argument("--adaround", action="store_true",
                     help="learn each weight's rounding (up or down) so layer outputs match FP32 (AdaRound); "
                          "slower: minutes on this CPU")
-    sp.add_argument("--adaround-iters", type=int, default=300, help="optimisation steps per layer for --adaround")
+    sp.add_argument("--adaround-iters", type=A.COUNT, default=300, help="optimisation steps per layer for --adaround")
     sp.add_argument("--keep-fp32", nargs="*",
                     help="layers to leave in float: PyTorch module names (e.g. features.0.0) or ONNX node names")
     sp.add_argument("--target", choices=("onnxruntime", "openvino"), default="onnxruntime",
@@ -499,9 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--analyze", action="store_true",
                     help="per-layer analysis: SQNR and metric change with only that layer INT8 "
                          "(writes OUT.analysis.json and OUT.analysis.png)")
-    sp.add_argument("--max-drop", type=float, default=None,
+    sp.add_argument("--max-drop", type=A.MAX_DROP, default=None,
                     help="accuracy-aware: keep the fewest layers in FP32 so the metric drops at most this much")
-    sp.add_argument("--analysis-images", type=int, default=None,
+    sp.add_argument("--analysis-images", type=A.COUNT, default=None,
                     help="validation images used by --analyze/--max-drop (default: all)")
     sp.set_defaults(func=cmd_quant)
 
@@ -509,28 +514,28 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     model_args(sp)
     sp.add_argument("--out", required=True, help="output .onnx path")
-    sp.add_argument("--epochs", type=int, default=1)
-    sp.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch")
-    sp.add_argument("--lr", type=float, default=1e-5)
-    sp.add_argument("--freeze-ranges-at", type=float, default=0.0,
+    sp.add_argument("--epochs", type=A.EPOCHS, default=1)
+    sp.add_argument("--max-steps", type=A.COUNT, default=None, help="cap on steps per epoch")
+    sp.add_argument("--lr", type=A.LR, default=1e-5)
+    sp.add_argument("--freeze-ranges-at", type=A.FRACTION, default=0.0,
                     help="fraction of training after which activation ranges stop following a moving average "
                          "(0: keep the calibrated ranges)")
     sp.add_argument("--learn-ranges", action="store_true",
                     help="learn the activation ranges by gradient descent (LSQ+) instead of keeping them")
-    sp.add_argument("--range-lr", type=float, default=1e-3, help="learning rate of the ranges with --learn-ranges")
+    sp.add_argument("--range-lr", type=A.LR, default=1e-3, help="learning rate of the ranges with --learn-ranges")
     sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float (module or node names)")
     sp.set_defaults(func=cmd_qat)
 
     def prune_args(sp):
         sp.add_argument("--importance", choices=["l1", "fpgm"], default="l1",
                         help="how filters are ranked: L1 norm (the reference's) or FPGM (geometric median)")
-        sp.add_argument("--round-to", type=int, default=8,
+        sp.add_argument("--round-to", type=A.ROUND_TO, default=8,
                         help="keep channel counts a multiple of this, so pruned layers stay fast (default 8)")
-        sp.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+        sp.add_argument("--ratios", type=A.FRACTION_OPEN, nargs="+", default=[0.25, 0.5, 0.75],
                         help="pruning ratios each group is evaluated at (loss in between is interpolated)")
-        sp.add_argument("--stop-loss", type=float, default=0.2,
+        sp.add_argument("--stop-loss", type=A.STOP_LOSS, default=0.2,
                         help="stop a group's sweep once its relative metric loss passes this")
-        sp.add_argument("--eval-images", type=int, default=500, help="validation images per evaluation")
+        sp.add_argument("--eval-images", type=A.COUNT, default=500, help="validation images per evaluation")
         sp.add_argument("--ignore", nargs="*", help="layers (module names) never to prune")
 
     sp = sub.add_parser("sensitivity", help="per-layer pruning sensitivity: readable JSON (resumable) + PNG plot")
@@ -544,16 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     model_args(sp)
     prune_args(sp)
-    sp.add_argument("--flops-reduction", type=float, required=True, help="fraction of FLOPs to remove, e.g. 0.5")
+    sp.add_argument("--flops-reduction", type=A.FRACTION_OPEN, required=True, help="fraction of FLOPs to remove, e.g. 0.5")
     how = sp.add_mutually_exclusive_group()
     how.add_argument("--sensitivity", help="sensitivity JSON from `slimzoo sensitivity` (default: measure it into "
                      "OUT/sensitivity.json)")
     how.add_argument("--uniform", action="store_true", help="prune every layer by the same ratio instead")
     sp.add_argument("--out", required=True, help="checkpoint folder for the pruned model (weights + pruning record)")
-    sp.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (0: none)")
-    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--epochs", type=A.EPOCHS0, default=3, help="fine-tuning epochs (0: none)")
+    sp.add_argument("--lr", type=A.LR, default=1e-3)
     sp.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on AMX CPUs)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=A.SEED, default=0)
     sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime (CPU or GPU) or OpenVINO")
@@ -561,10 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                     help="openvino needs the extra (pip install 'slimzoo[openvino]'); onnxruntime-cuda and "
                          "onnxruntime-tensorrt a GPU and onnxruntime-gpu (--threads is then ignored)")
-    sp.add_argument("--input-size", type=int, default=224)
-    sp.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
-    sp.add_argument("--warmup", type=int, default=5)
-    sp.add_argument("--runs", type=int, default=30)
+    sp.add_argument("--input-size", type=A.IMAGE_SIZE, default=224)
+    sp.add_argument("--threads", type=A.THREADS, nargs="+", default=[1, 2, 4])
+    sp.add_argument("--warmup", type=A.COUNT0, default=5)
+    sp.add_argument("--runs", type=A.COUNT, default=30)
     sp.add_argument("--json", help="also write the result to this JSON file")
     sp.set_defaults(func=cmd_bench)
 
@@ -592,6 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _after_interrupt(args) -> str:
+    """What an interrupted command left, truthfully per command."""
+    if args.command == "data":
+        return "the dataset is incomplete: rerun the same command to write it again from the start"
+    if args.command in ("train", "prune", "zoo", "sensitivity"):
+        return "finished epochs, evaluations and rows are kept: rerun the same command to resume"
+    return "nothing was written (outputs are written whole or not at all): rerun the command"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -607,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimzoo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("slimzoo: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        print(f"slimzoo: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     return 0
 

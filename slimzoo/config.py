@@ -48,3 +48,47 @@ def reject_unknown_keys(cls, d: dict | None, what: str) -> dict:
             raise ConfigError(f"{what} setting {name!r} must be a {type(default).__name__} "
                               f"(like {default!r}), got {value!r}")
     return d
+
+
+MAX_YAML_BYTES = 1 << 20  # recipes and profiles are a few kB
+MAX_YAML_ALIASES = 64  # anchors reused a few times are fine; a "billion laughs" document reuses them millions of times
+
+
+def safe_yaml(text: str, where: str):
+    """``yaml.safe_load`` with bounds: at most :data:`MAX_YAML_BYTES`, :data:`MAX_YAML_ALIASES` alias uses (each
+    would be expanded when the data is copied or hashed), no nesting deep enough to exhaust the stack. Errors are
+    ConfigErrors naming ``where``."""
+    import yaml
+
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} bytes of YAML, above the limit of {MAX_YAML_BYTES} (not a recipe?)")
+
+    class _Bounded(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                type(self).aliases += 1
+                if type(self).aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(f"{where}: more than {MAX_YAML_ALIASES} YAML aliases (*name); write the values "
+                                      "out instead")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=_Bounded)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def safe_json(text: str, where: str, error=ConfigError):
+    """``json.loads`` whose errors (malformed, nested too deeply) are ``error`` naming ``where``."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply") from None

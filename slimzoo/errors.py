@@ -16,3 +16,7 @@ class ConfigError(SlimzooError):
 
 class CheckpointError(SlimzooError):
     """A checkpoint or model file cannot be loaded into the requested model."""
+
+
+class OutputError(SlimzooError):
+    """An output cannot be written where the user asked (a folder in the way, no permission, a full disk)."""

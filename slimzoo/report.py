@@ -220,4 +220,39 @@ def write_report(zoo_dir: str | Path, out: str | Path | None = None) -> Path:
         from .errors import ConfigError
 
         raise ConfigError(f"{res_file}: no results yet; run `slimzoo zoo --out {zoo_dir}` first")
-    return render_report(read_json(res_file), out or zoo_dir / "report.html", zoo_dir)
+    results = read_json(res_file)
+    check_results(results, res_file)
+    return render_report(results, out or zoo_dir / "report.html", zoo_dir)
+
+
+def check_results(results, where) -> None:
+    """The fields the report reads, with their types, so a hand-edited or foreign results.json is refused with
+    the row and field at fault instead of a traceback."""
+    import re
+
+    from .errors import ConfigError
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {what}; not a results.json written by `slimzoo zoo`?")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    need(isinstance(results, dict) and isinstance(results.get("rows"), list), "expected an object with a 'rows' list")
+    need(isinstance(results.get("meta", {}), dict), "'meta' must be an object")
+    for i, r in enumerate(results["rows"]):
+        at = f"rows[{i}]"
+        need(isinstance(r, dict), f"{at} must be an object")
+        for key in ("id", "task", "model", "dataset", "strategy"):
+            need(isinstance(r.get(key), str), f"{at}: '{key}' must be a string")
+        need(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r["id"])) and ".." not in r["id"],
+             f"{at}: id {r['id']!r} is not a row id (letters, digits, '.', '_', '-')")
+        m = r.get("metric")
+        need(isinstance(m, dict) and isinstance(m.get("name"), str) and number(m.get("value")),
+             f"{at}: 'metric' must be an object with a 'name' and a numeric 'value'")
+        need(r["strategy"] == "none" or number(m.get("delta")), f"{at}: 'metric.delta' must be a number")
+        lat = r.get("latency_ms")
+        need(isinstance(lat, dict) and all(str(k).isdigit() and number(v) for k, v in lat.items()),
+             f"{at}: 'latency_ms' must map thread counts to milliseconds")
+        need(number(r.get("size_mb")), f"{at}: 'size_mb' must be a number")

@@ -35,6 +35,12 @@ ORT_PROVIDERS = {"onnxruntime": "CPUExecutionProvider", "onnxruntime-cuda": "CUD
                  "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
 
 
+
+def one_line(e: BaseException) -> str:
+    """A runtime's error message, all of it, on one line (OpenVINO's first line names only its own source file)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " | ".join(lines) or type(e).__name__
+
 def ort_providers(runtime: str, path: str | Path) -> list:
     """The provider list for ``runtime``, or a ConfigError saying what to install where it is missing.
 
@@ -87,7 +93,7 @@ def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | 
     try:
         return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:
-        raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {one_line(e)}") from None
 
 
 class OnnxPredictor:
@@ -129,7 +135,7 @@ def openvino_compiled(path: str | Path, threads: int = 2, precision: str = "f32"
         return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_PRECISION_HINT": precision})
     except Exception as e:  # OpenVINO raises plain RuntimeErrors
-        raise CheckpointError(f"{path}: OpenVINO cannot load this file: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: OpenVINO cannot load this file: {one_line(e)}") from None
 
 
 class OpenVinoPredictor:

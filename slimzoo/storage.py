@@ -8,23 +8,47 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError, SlimzooError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path`` so readers never see a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file path (or another name) for this output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({e.strerror or e}); choose a folder you can write to") from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if isinstance(e, SlimzooError) or not isinstance(e, Exception):
+            raise
+        raise _output_error(path, e) from e
     return path
+
+
+def _output_error(path: Path, e: Exception) -> Exception:
+    """An OSError, or a writer's own error (torch, safetensors, onnx) on a full disk, as one clear OutputError;
+    other errors unchanged."""
+    import shutil
+
+    try:
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+    except OSError:
+        free_mb = None
+    if free_mb is not None and free_mb < 64:
+        return OutputError(f"{path}: cannot write: the disk is full ({free_mb:.0f} MB free); free some space or "
+                           "choose another output folder")
+    if isinstance(e, OSError):
+        return OutputError(f"{path}: cannot write ({e.strerror or e})")
+    return e
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -42,13 +66,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, naming the file in the error if it is malformed."""
+    from .config import safe_json
+
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+    return safe_json(text, str(path), CheckpointError)
 
 
 def save_state_dict(model_or_sd, path: str | os.PathLike) -> Path:
@@ -90,7 +117,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
 
 def load_weights(model, path: str | os.PathLike, *, strict: bool = True):
     """Load a state_dict file into ``model``, explaining shape or key mismatches."""
+    import torch
+
     sd = load_state_dict_file(path)
+    bad_values = [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(
+        torch.isfinite(v).all())]
+    if bad_values:
+        raise CheckpointError(f"{path}: {len(bad_values)} tensor(s) hold NaN or Inf values, e.g. {bad_values[:3]}; "
+                              "the weights are broken (diverged training?): results from them would be meaningless")
     own = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

@@ -5,6 +5,8 @@ the loop knows nothing about classification, detection or segmentation.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Callable, Iterable
@@ -111,22 +113,30 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int):
 def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig, *,
         state_path: str | Path | None = None, progress: bool = True,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None,
-        on_step: Callable[[int, int], None] | None = None, max_steps: int | None = None) -> nn.Module:
+        on_step: Callable[[int, int], None] | None = None, max_steps: int | None = None,
+        fingerprint: dict | None = None) -> nn.Module:
     """Train ``model`` for ``cfg.epochs``; with ``state_path`` it resumes after the last finished epoch.
 
     ``max_steps`` caps the steps of each epoch (the schedule follows the cap); ``on_step(step, total)``
-    is called before each optimizer step.
+    is called before each optimizer step. The saved state carries a fingerprint of what determines the result
+    (the training settings, steps per epoch, the model's parameter shapes, and the caller's ``fingerprint``, e.g.
+    the dataset and model names): a resume whose fingerprint differs is refused, naming what differs.
     """
     from tqdm import tqdm
 
     seed_everything(cfg.seed)
     steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"no training step: the training set yields no batch of {cfg.batch_size} images "
+                          "(it has fewer images than one batch); lower the batch size")
+    fp = _fingerprint(model, cfg, steps_per_epoch, fingerprint)
     total_steps = cfg.epochs * steps_per_epoch
     opt = make_optimizer(model, cfg)
     sched = warmup_cosine(opt, total_steps, int(cfg.warmup_epochs * steps_per_epoch))
     start = 0
     if state_path and Path(state_path).is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
+        _check_resume(state_path, st.get("fingerprint"), fp)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -173,12 +183,33 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {run_loss / max(1, n):.4f}", flush=True)
         if state_path and distributed.is_main():
             st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "torch_rng": torch.get_rng_state(), "epoch": epoch + 1}
+                  "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "fingerprint": json.dumps(fp)}
             atomic_write(state_path, partial(torch.save, st))
         distributed.barrier()
         if on_epoch_end:
             on_epoch_end(epoch, model)
     return model.to(memory_format=torch.contiguous_format).to("cpu").eval()
+
+
+def _fingerprint(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, extra: dict | None) -> dict:
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "num_workers")}  # no effect on weights
+    shapes = hashlib.sha256(json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()]).encode())
+    return {**settings, "steps_per_epoch": steps_per_epoch, "model_shapes": shapes.hexdigest()[:16],
+            **{k: str(v) for k, v in (extra or {}).items()}}
+
+
+def _check_resume(state_path, saved: str | None, now: dict) -> None:
+    """Refuse to continue a training state saved under other settings (a silently mixed result otherwise)."""
+    old = json.loads(saved) if saved else None
+    if old == now:
+        return
+    if old is None:
+        diff = "it carries no fingerprint (written by an older slimzoo)"
+    else:
+        keys = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        diff = "; ".join(f"{k}: saved {old.get(k)!r}, now {now.get(k)!r}" for k in keys[:4])
+    raise ConfigError(f"{state_path}: the saved training state was made with other settings ({diff}); rerun with "
+                      "the same settings to resume, or start fresh (`slimzoo train --restart`, or delete the file)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import platform
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quan
 ROW_TYPES = {"base": (str,), "train": (dict,), "quant": (dict,), "qat": (dict,), "prune": (dict,),
              "finetune": (dict,), "image_size": (int,), "bench_size": (int,), "num_classes": (int,),
              "description": (str,), "backbone_from": (str,), "analyze_layers": (bool, int), "profiles": (dict,)}
+ROW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a row id names files under OUT: no separators, no '..'
+SECTIONS = {"train": "TrainConfig", "finetune": "TrainConfig", "quant": "PTQConfig", "qat": "QATConfig",
+            "prune": "PruneConfig"}
 METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)", "miou": "mIoU (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
 
@@ -39,12 +43,13 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 
 def _safe_yaml(path: Path) -> dict:
-    import yaml
+    from .config import safe_yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    data = safe_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -74,6 +79,7 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
             raise ConfigError(f"{p}: strategy {r['strategy']!r} not one of {STRATEGIES}")
         if r["strategy"] != "none" and not isinstance(r.get("base"), str):
             raise ConfigError(f"{p}: a compressed row needs 'base: <id of the row it compresses>'")
+        _check_id(r["id"], str(p))
         if r["id"] in recipes:
             raise ConfigError(f"{p}: duplicate row id {r['id']!r}")
         r["_file"] = str(p)
@@ -87,6 +93,37 @@ def load_recipes(recipes_dir: str | Path = RECIPES_DIR) -> dict[str, dict]:
         if r["strategy"] == "prune" and recipes[r["base"]]["strategy"] != "none":
             raise ConfigError(f"{r['_file']}: a prune row's base must be an FP32 'none' row")
     return recipes
+
+
+def _check_id(row_id, where: str) -> None:
+    if not isinstance(row_id, str) or not ROW_ID.fullmatch(row_id) or ".." in row_id:
+        raise ConfigError(f"{where}: row id {row_id!r} must be letters, digits, '.', '_' or '-' (it names files "
+                          "under the output folder: no path separators, no '..')")
+
+
+def _section_config(section: str):
+    from .prune import PruneConfig
+    from .quant import PTQConfig
+    from .quant.qat import QATConfig
+    from .training import TrainConfig
+
+    return {"TrainConfig": TrainConfig, "PTQConfig": PTQConfig, "QATConfig": QATConfig,
+            "PruneConfig": PruneConfig}[SECTIONS[section]]
+
+
+def check_overrides(overrides: dict, where: str = "--set") -> None:
+    """Refuse settings that no row would read: unknown top-level keys, unknown keys or bad values of a section
+    (checked by the section's config class), and an attempt to change row ids, tasks or chains."""
+    unknown = set(overrides) - (ROW_KEYS - {"id", "task", "strategy", "base"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown or fixed recipe key(s) {sorted(unknown)}; settable: "
+                          f"{sorted(ROW_KEYS - {'id', 'task', 'strategy', 'base'})}")
+    for key, value in overrides.items():
+        kind = ROW_TYPES.get(key)
+        if kind and not isinstance(value, kind):
+            raise ConfigError(f"{where}: {key} must be a {' or '.join(k.__name__ for k in kind)}, got {value!r}")
+        if key in SECTIONS:
+            _section_config(key).from_dict(value)  # raises a ConfigError naming unknown keys or bad values
 
 
 def load_profile(name: str, recipes_dir: str | Path = RECIPES_DIR) -> dict:
@@ -148,6 +185,17 @@ class Zoo:
         self.out = Path(self.out)
         self.recipes = load_recipes(self.recipes_dir)
         self.profile = load_profile(self.profile_name, self.recipes_dir)
+        check_overrides(self.overrides)
+        fp32 = sorted(i for i, r in self.recipes.items() if r["strategy"] == "none")
+        for row_id in self.weights:
+            if row_id not in fp32:
+                raise ConfigError(f"--weights {row_id}=...: no FP32 ('none') row {row_id!r}; rows that take "
+                                  f"weights: {', '.join(fp32)}")
+        datasets = sorted({r["dataset"] for r in self.recipes.values()})
+        for name in self.data_roots:
+            if name not in datasets:
+                raise ConfigError(f"--data-root {name}=...: no row uses a dataset {name!r}; datasets: "
+                                  f"{', '.join(datasets)}")
         self._results: dict[str, dict] = {}
         self._forced: set[str] = set()
         self._stages: list[dict[str, float]] = []  # seconds per stage of the rows being computed (innermost last)
@@ -167,7 +215,11 @@ class Zoo:
         if row_id not in self.recipes:
             raise ConfigError(f"unknown row {row_id!r}; rows: {', '.join(self.recipes)}")
         r = resolve_recipe(self.recipes[row_id], self.profile, self.profile_name)
-        return _deep_merge(r, self.overrides) if self.overrides else r
+        r = _deep_merge(r, self.overrides) if self.overrides else r
+        if r.get("id") != row_id:
+            raise ConfigError(f"{self.recipes[row_id]['_file']}: a profile or override changes the row id to "
+                              f"{r.get('id')!r}; ids are fixed by the recipe")
+        return r
 
     def dataset_root(self, name: str) -> Path:
         """The user's folder for ``name`` if given, else the synthetic dataset (generated on first use)."""

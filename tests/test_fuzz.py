@@ -253,3 +253,60 @@ def test_files_that_are_not_onnx_are_refused_clearly(tmp_path, payload):
     p.write_bytes(payload)
     with pytest.raises(SlimzooError, match="m.onnx"):
         OnnxPredictor(p)
+
+
+# -- the CLI's numeric options and checkpoint config files -----------------------------------------------------
+def _numeric_options():
+    from test_cli_ranges import OPTIONS
+
+    return OPTIONS
+
+
+_number_text = st.one_of(st.integers(-10**15, 10**15).map(str), st.floats(allow_nan=True, allow_infinity=True).map(
+    str), st.text(max_size=12))
+
+
+@FUZZ
+@given(which=st.integers(0, 10**6), text=_number_text)
+def test_fuzz_cli_numeric_options(which, text):
+    """Any text given to any numeric option parses to a value inside its declared range, or is refused with
+    exit status 2 (argparse's one-line error), never a traceback."""
+    from slimzoo.cli import build_parser
+
+    options = _numeric_options()
+    path, opt, kind = options[which % len(options)]
+    try:
+        ns = build_parser().parse_args([*path, f"{opt}={text}"])
+    except SystemExit as e:
+        assert e.code == 2
+        return
+    value = getattr(ns, opt.lstrip("-").replace("-", "_"))
+    for v in value if isinstance(value, list) else [value]:
+        assert kind.accepts(v), (opt, text, v)
+
+
+_config_value = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(), st.text(max_size=8),
+                          st.lists(st.text(max_size=3), max_size=3), st.dictionaries(st.text(max_size=3),
+                                                                                     st.integers(), max_size=2))
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(["model", "num_classes", "width_mult", "classes", "pruning"]),
+                               _config_value, max_size=3), drop=st.sampled_from([None, "model", "num_classes"]))
+def test_fuzz_checkpoint_config(changes, drop, tmp_path_factory):
+    """A checkpoint's config.json with fields of other types or sizes loads (and then the model has the classes it
+    says) or raises a SlimzooError naming the file: never a traceback, never a giant allocation."""
+    from slimzoo.checkpoint import load_checkpoint, save_checkpoint
+    from slimzoo.models import create_model
+
+    ckpt = tmp_path_factory.getbasetemp() / "fuzz_ckpt"
+    if not (ckpt / "model.safetensors").is_file():
+        save_checkpoint(create_model("mobilenet_v1", num_classes=3, width_mult=0.25), ckpt,
+                        {"model": "mobilenet_v1", "num_classes": 3, "width_mult": 0.25, "classes": ["a", "b", "c"]})
+        (ckpt / "base.json").write_text((ckpt / "config.json").read_text())
+    cfg = {**json.loads((ckpt / "base.json").read_text()), **changes}
+    cfg.pop(drop, None)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    model = _loads_or_clear_error(load_checkpoint, ckpt, where=str(ckpt))
+    if model is not None:
+        assert model[0].fc.out_features == 3

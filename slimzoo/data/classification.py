@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .images import SampleDataset, load_rgb, read_labels_txt
+from .images import SampleDataset, entry_path, is_absolute_list, load_rgb, read_labels_txt
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,7 @@ def parse_list_file(list_path: Path, root: Path, num_classes: int) -> list[Sampl
     """Parse ``relative/path label_id`` lines; each error names the file and line."""
     if not list_path.is_file():
         raise DataError(f"{list_path}: list file not found")
-    samples = []
+    rows = []
     for i, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -43,7 +43,10 @@ def parse_list_file(list_path: Path, root: Path, num_classes: int) -> list[Sampl
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
             raise DataError(f"{list_path}:{i}: expected 'relative/path label_id', got {raw!r}")
-        rel, lab = parts
+        rows.append((i, *parts))
+    absolute = is_absolute_list(rel for _, rel, _ in rows)
+    samples = []
+    for i, rel, lab in rows:
         try:
             label = int(lab)
         except ValueError:
@@ -51,7 +54,7 @@ def parse_list_file(list_path: Path, root: Path, num_classes: int) -> list[Sampl
         if not 0 <= label < num_classes:
             raise DataError(f"{list_path}:{i}: class id {label} out of range [0, {num_classes}) "
                             f"(labels.txt has {num_classes} classes)")
-        samples.append(Sample(root / rel, label))
+        samples.append(Sample(entry_path(root, rel, f"{list_path}:{i}", absolute), label))
     if not samples:
         raise DataError(f"{list_path}: no samples")
     return samples

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DataError
 from .classification import IMAGENET_MEAN, IMAGENET_STD
-from .images import SampleDataset, load_rgb, read_labels_txt
+from .images import SampleDataset, entry_path, is_absolute_list, load_rgb, read_labels_txt
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -96,6 +96,8 @@ def load_coco(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]
         data = json.loads(ann.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{ann}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise DataError(f"{ann}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise DataError(f"{ann}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -138,7 +140,8 @@ def load_coco(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]
         for (x, y, bw, bh), label, bwhere in per_image.pop(iid, []):
             boxes.append(_check_box([x, y, x + bw, y + bh], w, h, bwhere))
             labels.append(label)
-        samples.append(DetSample(img_dir / name, iid, w, h, np.asarray(boxes, np.float32).reshape(-1, 4),
+        samples.append(DetSample(entry_path(img_dir, name, where), iid, w, h,
+                                 np.asarray(boxes, np.float32).reshape(-1, 4),
                                  np.asarray(labels, np.int64), np.zeros(len(labels), bool)))
     if per_image:
         raise DataError(f"{ann}: annotations refer to image id(s) {sorted(per_image)[:5]} not in 'images'")
@@ -184,7 +187,7 @@ def load_voc(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]:
     list_file = root / f"{split}_list.txt"
     if list_file.is_file():
         classes = read_labels_txt(root / "labels.txt")
-        samples = []
+        rows = []
         for i, raw in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -192,14 +195,21 @@ def load_voc(root: str | Path, split: str) -> tuple[list[DetSample], list[str]]:
             parts = line.split()
             if len(parts) != 2:
                 raise DataError(f"{list_file}:{i}: expected 'JPEGImages/x.jpg Annotations/x.xml', got {raw!r}")
-            samples.append(parse_voc_xml(root / parts[1], classes, len(samples) + 1, root / parts[0]))
+            rows.append((i, parts))
+        absolute = is_absolute_list(p for _, parts in rows for p in parts)
+        samples = []
+        for i, (img, xml) in rows:
+            where = f"{list_file}:{i}"
+            samples.append(parse_voc_xml(entry_path(root, xml, where, absolute), classes, len(samples) + 1,
+                                         entry_path(root, img, where, absolute)))
     else:
         ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
             raise DataError(f"{root}: neither {split}_list.txt nor ImageSets/Main/{split}.txt")
         classes = read_labels_txt(root / "labels.txt") if (root / "labels.txt").is_file() else list(VOC_CLASSES)
         ids = [x.strip() for x in ids_file.read_text(encoding="utf-8").splitlines() if x.strip()]
-        samples = [parse_voc_xml(root / "Annotations" / f"{x}.xml", classes, k + 1, root / "JPEGImages" / f"{x}.jpg")
+        samples = [parse_voc_xml(entry_path(root, f"Annotations/{x}.xml", f"{ids_file}:{k + 1}"), classes, k + 1,
+                                 entry_path(root, f"JPEGImages/{x}.jpg", f"{ids_file}:{k + 1}"))
                    for k, x in enumerate(ids)]
     if not samples:
         raise DataError(f"{root}: split {split!r} has no images")

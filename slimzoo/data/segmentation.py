@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ..errors import DataError
 from .classification import IMAGENET_MEAN, IMAGENET_STD
-from .images import SampleDataset, load_rgb, read_labels_txt
+from .images import SampleDataset, entry_path, is_absolute_list, load_rgb, open_image, read_labels_txt
 
 IGNORE_INDEX = 255
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -61,7 +61,7 @@ def load_segmentation(root: str | Path, split: str, fmt: str | None = None) -> t
         list_file = root / f"{split}_list.txt"
         if not list_file.is_file():
             raise DataError(f"{list_file}: list file not found")
-        samples = []
+        rows = []
         for i, raw in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -69,7 +69,9 @@ def load_segmentation(root: str | Path, split: str, fmt: str | None = None) -> t
             parts = line.split()
             if len(parts) != 2:
                 raise DataError(f"{list_file}:{i}: expected 'images/x.png labels/x.png', got {raw!r}")
-            samples.append(SegSample(root / parts[0], root / parts[1]))
+            rows.append((i, parts))
+        absolute = is_absolute_list(p for _, parts in rows for p in parts)
+        samples = [SegSample(*(entry_path(root, p, f"{list_file}:{i}", absolute) for p in parts)) for i, parts in rows]
     elif fmt == "cityscapes":
         classes = read_labels_txt(root / "labels.txt") if (root / "labels.txt").is_file() else list(CITYSCAPES_CLASSES)
         img_dir = root / "leftImg8bit" / split
@@ -90,7 +92,7 @@ def load_segmentation(root: str | Path, split: str, fmt: str | None = None) -> t
 def load_label(path: Path, num_classes: int, size: tuple[int, int]) -> np.ndarray:
     """A label PNG as an HxW uint8 array, checked: single channel, ``size`` (w, h), values < C or 255."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, "label") as im:
             im.load()
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(f"{path}: label must be a single-channel PNG of class ids, got mode {im.mode}")

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from ..storage import write_text
 from ._parallel import map_ordered
+from .images import synth_settings_match
 
 SHAPES = ("circle", "ellipse", "ring", "triangle", "square", "pentagon", "hexagon", "star", "cross",
           "crescent")
@@ -167,8 +168,9 @@ def write_synth_cls(out: str | Path, *, num_train: int = 8000, num_val: int = 10
     from tqdm import tqdm
 
     out = Path(out)
-    if (out / "val_list.txt").is_file() and (out / "train_list.txt").is_file():
-        return out  # list files are written last, so their presence means a complete dataset
+    settings = {"task": "cls", "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    if synth_settings_match(out, out / "val_list.txt", settings):
+        return out  # list files are written last (val after train), so val's means a complete dataset
     write_text(out / "labels.txt", "\n".join(SHAPES) + "\n")
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
         (out / split).mkdir(parents=True, exist_ok=True)

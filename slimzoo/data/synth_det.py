@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..storage import write_text
 from ._parallel import map_ordered
+from .images import synth_settings_match
 from .synth_cls import _SS, _class_colour, _texture, background, shape_mask
 
 DET_CLASSES = ("circle", "triangle", "square", "star", "cross", "ring")
@@ -100,7 +101,9 @@ def write_synth_det(out: str | Path, *, fmt: str = "coco", num_train: int = 2000
         raise ConfigError(f"unknown detection format {fmt!r}; choose one of {FORMATS}")
     out = Path(out)
     done = out / ("annotations/instances_val2017.json" if fmt == "coco" else "val_list.txt")
-    if done.is_file():
+    settings = {"task": "det", "format": fmt, "num_train": num_train, "num_val": num_val, "size": size,
+                "max_objects": max_objects, "seed": seed}
+    if synth_settings_match(out, done, settings):
         return out
     if fmt == "voc":
         write_text(out / "labels.txt", "\n".join(DET_CLASSES) + "\n")

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from ..storage import write_text
 from ._parallel import map_ordered
+from .images import synth_settings_match
 
 SEG_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "pole", "car", "person")
 IGNORE = 255
@@ -219,7 +220,9 @@ def write_synth_seg(out: str | Path, *, fmt: str = "paddleseg", num_train: int =
         raise ConfigError(f"unknown segmentation format {fmt!r}; choose one of {FORMATS}")
     out = Path(out)
     done = out / ("val_list.txt" if fmt == "paddleseg" else "DONE")
-    if done.is_file():
+    settings = {"task": "seg", "format": fmt, "num_train": num_train, "num_val": num_val, "width": width,
+                "height": height, "seed": seed}
+    if synth_settings_match(out, done, settings):
         return out
     write_text(out / "labels.txt", "\n".join(SEG_CLASSES) + "\n")
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):
