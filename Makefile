@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test fuzz browser bench bench-quant bench-prune bench-any bench-prune-any clean report
+.PHONY: env zoo zoo-smoke test test-fast fuzz browser bench bench-quant bench-prune bench-any bench-prune-any clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ zoo-smoke: env
 
 test: env browser
 	$(PY) -m pytest tests
+
+# the quick tier (under 2 minutes): everything but the tests marked slow (zoo runs, torchrun, SIGKILL, training)
+test-fast: env
+	$(PY) -m pytest tests -m "not slow"
 
 # a longer fuzzing run of every reader (make test runs 60 inputs each, derandomized)
 fuzz: env

@@ -23,7 +23,7 @@ def heldout_task(zoo, row_id: str, num_val: int):
     not larger than the zoo's split."""
     from slimzoo.data.synth_cls import write_synth_cls
     from slimzoo.tasks import get_task
-    from slimzoo.zoo import _hash
+    from slimzoo.zoo.recipes import config_hash as _hash
 
     r = zoo.recipe(row_id)
     task = zoo.task(r)

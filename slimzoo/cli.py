@@ -394,43 +394,54 @@ def cmd_report(args) -> None:
     print(f"wrote {write_report(args.zoo, args.out)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .zoo import RECIPES_DIR
+def _data_args(sp, need_data=True):
+    sp.add_argument("--data", required=need_data,
+                    help="dataset folder: classification (list format or folder per class), "
+                    "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
+    sp.add_argument("--image-size", type=A.IMAGE_SIZE, default=224, help="train/eval resolution (default 224)")
+    sp.add_argument("--batch-size", type=A.BATCH_SIZE, default=64)
+    sp.add_argument("--workers", type=A.WORKERS, default=None,
+                        help="DataLoader worker processes (default: 0 on machines with 2 or fewer CPUs, "
+                             "where loading in the training process is faster, else up to 4)")
+    sp.add_argument("--skip-bad-samples", action="store_true",
+                    help="skip unreadable images (counted) instead of stopping")
+    sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where PyTorch trains and "
+                    "evaluates (ONNX files run where --runtime says: the CPU unless onnxruntime-cuda/-tensorrt)")
+    sp.add_argument("--eval-size", help="segmentation: resize evaluation images to HxW (default: their own "
+                    "size); predictions are upsampled to the label's size")
 
-    p = A.Parser(prog="slimzoo", description="Compress PyTorch vision models (INT8 quantization, "
-                                "structured pruning) and measure accuracy, size and latency.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def data_args(sp, need_data=True):
-        sp.add_argument("--data", required=need_data,
-                        help="dataset folder: classification (list format or folder per class), "
-                        "detection (COCO or VOC) or segmentation (PaddleSeg lists or Cityscapes layout)")
-        sp.add_argument("--image-size", type=A.IMAGE_SIZE, default=224, help="train/eval resolution (default 224)")
-        sp.add_argument("--batch-size", type=A.BATCH_SIZE, default=64)
-        sp.add_argument("--workers", type=A.WORKERS, default=None,
-                            help="DataLoader worker processes (default: 0 on machines with 2 or fewer CPUs, "
-                                 "where loading in the training process is faster, else up to 4)")
-        sp.add_argument("--skip-bad-samples", action="store_true",
-                        help="skip unreadable images (counted) instead of stopping")
-        sp.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where PyTorch trains and "
-                        "evaluates (ONNX files run where --runtime says: the CPU unless onnxruntime-cuda/-tensorrt)")
-        sp.add_argument("--eval-size", help="segmentation: resize evaluation images to HxW (default: their own "
-                        "size); predictions are upsampled to the label's size")
+def _model_args(sp):
+    sp.add_argument("--checkpoint", help="a checkpoint folder written by `slimzoo train`")
+    sp.add_argument("--model", help="a registered model (see `slimzoo list-models`), torchvision:NAME, "
+                                     "timm:NAME, or package.module:factory (a callable returning an nn.Module)")
+    sp.add_argument("--model-kwargs", help="JSON keyword arguments for the model's factory, e.g. "
+                                           "'{\"num_classes\": 10}'")
+    sp.add_argument("--weights", help="local state_dict file (.safetensors or torch; loaded weights_only)")
+    sp.add_argument("--num-classes", type=A.NUM_CLASSES, default=None)
+    sp.add_argument("--width-mult", type=A.WIDTH_MULT, default=1.0)
 
-    def model_args(sp):
-        sp.add_argument("--checkpoint", help="a checkpoint folder written by `slimzoo train`")
-        sp.add_argument("--model", help="a registered model (see `slimzoo list-models`), torchvision:NAME, "
-                                         "timm:NAME, or package.module:factory (a callable returning an nn.Module)")
-        sp.add_argument("--model-kwargs", help="JSON keyword arguments for the model's factory, e.g. "
-                                               "'{\"num_classes\": 10}'")
-        sp.add_argument("--weights", help="local state_dict file (.safetensors or torch; loaded weights_only)")
-        sp.add_argument("--num-classes", type=A.NUM_CLASSES, default=None)
-        sp.add_argument("--width-mult", type=A.WIDTH_MULT, default=1.0)
 
+def _prune_args(sp):
+    sp.add_argument("--importance", choices=["l1", "fpgm"], default="l1",
+                    help="how filters are ranked: L1 norm (the reference's) or FPGM (geometric median)")
+    sp.add_argument("--round-to", type=A.ROUND_TO, default=8,
+                    help="keep channel counts a multiple of this, so pruned layers stay fast (default 8)")
+    sp.add_argument("--ratios", type=A.FRACTION_OPEN, nargs="+", default=[0.25, 0.5, 0.75],
+                    help="pruning ratios each group is evaluated at (loss in between is interpolated)")
+    sp.add_argument("--stop-loss", type=A.STOP_LOSS, default=0.2,
+                    help="stop a group's sweep once its relative metric loss passes this")
+    sp.add_argument("--eval-images", type=A.COUNT, default=500, help="validation images per evaluation")
+    sp.add_argument("--ignore", nargs="*", help="layers (module names) never to prune")
+
+
+def _add_list_models(sub) -> None:
     sp = sub.add_parser("list-models", help="list registered models")
     sp.add_argument("pattern", nargs="?", default="*")
     sp.set_defaults(func=cmd_list_models)
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     sp = data.add_parser("synth", help="write a deterministic synthetic dataset in a real format")
     sp.add_argument("--task", choices=["cls", "det", "seg"], default="cls")
@@ -444,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=A.SEED, default=0)
     sp.set_defaults(func=cmd_data_synth)
 
+
+def _add_train(sub) -> None:
     sp = sub.add_parser("train", help="train a registered model; writes model.safetensors + config.json")
-    data_args(sp)
+    _data_args(sp)
     sp.add_argument("--model", required=True)
     sp.add_argument("--weights", help="initial weights (state_dict file)")
     sp.add_argument("--backbone-weights", help="detector: initialise the backbone from a classifier's state_dict "
@@ -463,9 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "and refuses to when its settings differ from the saved state's)")
     sp.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     sp = sub.add_parser("eval", help="Top-1/Top-5 of a checkpoint, a state_dict or an ONNX file")
-    data_args(sp)
-    model_args(sp)
+    _data_args(sp)
+    _model_args(sp)
     sp.add_argument("--onnx", help="evaluate this ONNX file in a runtime instead (see --runtime)")
     sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                     help="runtime for --onnx; openvino needs the extra (pip install 'slimzoo[openvino]'), "
@@ -473,15 +488,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=A.THREADS, default=2)
     sp.set_defaults(func=cmd_eval)
 
+
+def _add_export(sub) -> None:
     sp = sub.add_parser("export", help="export to ONNX (opset 17, dynamic batch and size)")
-    model_args(sp)
+    _model_args(sp)
     sp.add_argument("--image-size", type=A.IMAGE_SIZE, default=224)
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_export)
 
+
+def _add_quant(sub) -> None:
     sp = sub.add_parser("quant", help="INT8 post-training quantization to a QDQ ONNX file")
-    data_args(sp)
-    model_args(sp)
+    _data_args(sp)
+    _model_args(sp)
     sp.add_argument("--onnx", help="quantize this FP32 ONNX file instead of a PyTorch model (one image input)")
     sp.add_argument("--out", required=True, help="output .onnx path")
     sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
@@ -510,9 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="validation images used by --analyze/--max-drop (default: all)")
     sp.set_defaults(func=cmd_quant)
 
+
+def _add_qat(sub) -> None:
     sp = sub.add_parser("qat", help="INT8 by quantization-aware fine-tuning, written as a QDQ ONNX file")
-    data_args(sp)
-    model_args(sp)
+    _data_args(sp)
+    _model_args(sp)
     sp.add_argument("--out", required=True, help="output .onnx path")
     sp.add_argument("--epochs", type=A.EPOCHS, default=1)
     sp.add_argument("--max-steps", type=A.COUNT, default=None, help="cap on steps per epoch")
@@ -526,29 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-fp32", nargs="*", help="layers to leave in float (module or node names)")
     sp.set_defaults(func=cmd_qat)
 
-    def prune_args(sp):
-        sp.add_argument("--importance", choices=["l1", "fpgm"], default="l1",
-                        help="how filters are ranked: L1 norm (the reference's) or FPGM (geometric median)")
-        sp.add_argument("--round-to", type=A.ROUND_TO, default=8,
-                        help="keep channel counts a multiple of this, so pruned layers stay fast (default 8)")
-        sp.add_argument("--ratios", type=A.FRACTION_OPEN, nargs="+", default=[0.25, 0.5, 0.75],
-                        help="pruning ratios each group is evaluated at (loss in between is interpolated)")
-        sp.add_argument("--stop-loss", type=A.STOP_LOSS, default=0.2,
-                        help="stop a group's sweep once its relative metric loss passes this")
-        sp.add_argument("--eval-images", type=A.COUNT, default=500, help="validation images per evaluation")
-        sp.add_argument("--ignore", nargs="*", help="layers (module names) never to prune")
 
+def _add_sensitivity(sub) -> None:
     sp = sub.add_parser("sensitivity", help="per-layer pruning sensitivity: readable JSON (resumable) + PNG plot")
-    data_args(sp)
-    model_args(sp)
-    prune_args(sp)
+    _data_args(sp)
+    _model_args(sp)
+    _prune_args(sp)
     sp.add_argument("--out", required=True, help="output .json path (the plot goes beside it as .png)")
     sp.set_defaults(func=cmd_sensitivity)
 
+
+def _add_prune(sub) -> None:
     sp = sub.add_parser("prune", help="structured channel pruning to a FLOPs target, then fine-tuning")
-    data_args(sp)
-    model_args(sp)
-    prune_args(sp)
+    _data_args(sp)
+    _model_args(sp)
+    _prune_args(sp)
     sp.add_argument("--flops-reduction", type=A.FRACTION_OPEN, required=True, help="fraction of FLOPs to remove, e.g. 0.5")
     how = sp.add_mutually_exclusive_group()
     how.add_argument("--sensitivity", help="sensitivity JSON from `slimzoo sensitivity` (default: measure it into "
@@ -561,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=A.SEED, default=0)
     sp.set_defaults(func=cmd_prune)
 
+
+def _add_bench(sub) -> None:
     sp = sub.add_parser("bench", help="latency of an ONNX file in ONNX Runtime (CPU or GPU) or OpenVINO")
     sp.add_argument("--onnx", required=True)
     sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
@@ -573,10 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="also write the result to this JSON file")
     sp.set_defaults(func=cmd_bench)
 
+
+def _add_report(sub) -> None:
     sp = sub.add_parser("report", help="render a zoo's results.json into a self-contained report.html")
     sp.add_argument("--zoo", default="runs/zoo", help="zoo folder (with results.json)")
     sp.add_argument("--out", help="output file (default ZOO/report.html)")
     sp.set_defaults(func=cmd_report)
+
+
+def _add_zoo(sub) -> None:
+    from .zoo.recipes import RECIPES_DIR
 
     sp = sub.add_parser("zoo", help="run zoo rows into OUT/results.json, OUT/ZOO.md and OUT/report.html "
                         "(resumable)")
@@ -594,6 +615,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "quant.num_calibration=512 (values parsed as YAML)")
     sp.add_argument("--force", action="store_true", help="recompute the selected rows")
     sp.set_defaults(func=cmd_zoo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = A.Parser(prog="slimzoo", description="Compress PyTorch vision models (INT8 quantization, "
+                                "structured pruning) and measure accuracy, size and latency.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_list_models(sub)
+    _add_data(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_quant(sub)
+    _add_qat(sub)
+    _add_sensitivity(sub)
+    _add_prune(sub)
+    _add_bench(sub)
+    _add_report(sub)
+    _add_zoo(sub)
     return p
 
 

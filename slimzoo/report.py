@@ -11,7 +11,8 @@ import io
 from pathlib import Path
 
 from .storage import read_json, write_text
-from .zoo import METRIC_LABEL, STRATEGY_LABEL, _fmt_ref, compare, load_reference
+from .zoo.recipes import load_reference
+from .zoo.results import METRIC_LABEL, compare, fmt_controlled, fmt_metric, fmt_ref, label_of
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1560px;
@@ -40,10 +41,6 @@ def _png(fig) -> str:
 
 def _img(b64: str, alt: str, cls: str = "plot") -> str:
     return f'<figure><img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"></figure>'
-
-
-def _label(r: dict) -> str:
-    return r.get("label") or STRATEGY_LABEL.get(r["strategy"], r["strategy"])
 
 
 def _tradeoff_plots(rows: list[dict], by_id: dict) -> str:
@@ -78,7 +75,7 @@ def _tradeoff_plots(rows: list[dict], by_id: dict) -> str:
                     if root is not None:
                         rx = root["latency_ms"].get("1") if key == "lat" else root["size_mb"]
                         ax.plot([rx, x], [root["metric"]["value"], y], color=colours(mi), lw=0.8, alpha=0.6)
-                    ax.annotate(_label(r), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                    ax.annotate(label_of(r), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
                 ax.plot([], [], "o", color=colours(mi), label=model)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -154,12 +151,11 @@ def _tables(rows: list[dict], by_id: dict, reference: dict) -> str:
         trs = []
         for r in (r for r in rows if r["task"] == task):
             m = r["metric"]
-            val = f"{m['value']:.2f}" if r["strategy"] == "none" else f"{m['value']:.2f} ({m['delta'] + 0.0:+.2f})"
             c = compare(r, by_id)
             lat = " / ".join(f"{r['latency_ms'][k]:.2f}" for k in sorted(r["latency_ms"], key=int))
-            ref = _fmt_ref(reference.get(r["id"]))
-            cells = [r["model"], _label(r), r["dataset"], f"{METRIC_LABEL.get(m['name'], m['name'])[:-4]} {val}",
-                     f"{r['size_mb']:.2f}", f"{c['size_ratio']:.2f}x", lat,
+            ref = fmt_ref(reference.get(r["id"]))
+            cells = [r["model"], label_of(r), r["dataset"], f"{METRIC_LABEL.get(m['name'], m['name'])[:-4]} {fmt_metric(r)}",
+                     fmt_controlled(r), f"{r['size_mb']:.2f}", f"{c['size_ratio']:.2f}x", lat,
                      f"{c['speedup']:.2f}x" if c["speedup"] else "-", f"{r['flops'] / 1e9:.3f}",
                      f"{r['input_size'][0]}x{r['input_size'][1]}",
                      f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"]
@@ -167,7 +163,7 @@ def _tables(rows: list[dict], by_id: dict, reference: dict) -> str:
             tds += "".join(f'<td class="ref">{html.escape(x)}</td>' for x in ref)
             trs.append(f'<tr class="{"fp32" if r["strategy"] == "none" else ""}">{tds}</tr>')
         head = "".join(f"<th>{h}</th>" for h in (
-            "Model", "Strategy", "Dataset", "Metric (%)", "Size (MB)", "Size ratio", "Latency T1 / T2 / T4 (ms)",
+            "Model", "Strategy", "Dataset", "Metric (%)", "vs FP32 control", "Size (MB)", "Size ratio", "Latency T1 / T2 / T4 (ms)",
             "T1 speed-up", "GFLOPs", "Bench res", "Peak RAM of the row (MB)", "Ref. metric", "Ref. size",
             "Ref. T1 speed-up"))
         out.append(f'<h3>{html.escape(task.capitalize())}</h3><div class="scroll"><table class="zoo"><thead><tr>'
@@ -197,7 +193,8 @@ def render_report(results: dict, out: str | Path, zoo_dir: str | Path | None = N
 <h1>slimzoo model zoo report</h1>
 <p class="note">Every metric comes from running the deployable file (FP32 or INT8 ONNX) in ONNX Runtime over the
 whole validation set; latency is the median of timed runs at batch 1. Size ratio and speed-up are against each
-row's FP32 model. The grey <em>Ref.</em> columns are the reference's own figures (PaddleX compressed model zoo,
+row's FP32 model; <em>vs FP32 control</em> compares rows that train after their base (pruning's fine-tuning, QAT) with
+the FP32 model fine-tuned for the same extra epochs, which separates compression from extra training. The grey <em>Ref.</em> columns are the reference's own figures (PaddleX compressed model zoo,
 real datasets, Paddle Lite on ARM phones), copied for comparison of shape, not measured here.</p>
 <h2 id="tables">Results</h2>
 {_tables(rows, by_id, reference)}

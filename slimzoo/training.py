@@ -77,13 +77,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig,
+                   lr_multipliers: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW or SGD, with no weight decay on norms and biases.
 
-    A model may set ``lr_multipliers`` ({parameter-name prefix: factor}): those parameters get their own group
-    at ``cfg.lr * factor`` without weight decay (QAT's learned activation ranges move at their own rate)."""
+    ``lr_multipliers`` ({parameter-name prefix: factor}): those parameters get their own group at
+    ``cfg.lr * factor`` without weight decay (QAT's learned activation ranges move at their own rate)."""
     decay, no_decay = [], []
-    mults: dict[str, float] = dict(getattr(model, "lr_multipliers", None) or {})
+    mults: dict[str, float] = dict(lr_multipliers or {})
     special: dict[str, list] = {prefix: [] for prefix in mults}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -114,11 +115,11 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
         state_path: str | Path | None = None, progress: bool = True,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None,
         on_step: Callable[[int, int], None] | None = None, max_steps: int | None = None,
-        fingerprint: dict | None = None) -> nn.Module:
+        fingerprint: dict | None = None, lr_multipliers: dict[str, float] | None = None) -> nn.Module:
     """Train ``model`` for ``cfg.epochs``; with ``state_path`` it resumes after the last finished epoch.
 
     ``max_steps`` caps the steps of each epoch (the schedule follows the cap); ``on_step(step, total)``
-    is called before each optimizer step. The saved state carries a fingerprint of what determines the result
+    is called before each optimizer step; ``lr_multipliers`` as in :func:`make_optimizer`. The saved state carries a fingerprint of what determines the result
     (the training settings, steps per epoch, the model's parameter shapes, and the caller's ``fingerprint``, e.g.
     the dataset and model names): a resume whose fingerprint differs is refused, naming what differs.
     """
@@ -131,7 +132,7 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
                           "(it has fewer images than one batch); lower the batch size")
     fp = _fingerprint(model, cfg, steps_per_epoch, fingerprint)
     total_steps = cfg.epochs * steps_per_epoch
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, lr_multipliers)
     sched = warmup_cosine(opt, total_steps, int(cfg.warmup_epochs * steps_per_epoch))
     start = 0
     if state_path and Path(state_path).is_file():

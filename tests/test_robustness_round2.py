@@ -20,16 +20,6 @@ def _exit_2(argv, capsys) -> str:
 
 
 # -- 1. silently wrong results ---------------------------------------------------------------------------------------
-def _tiny_fit(state, **cfg):
-    from slimzoo.training import TrainConfig, fit
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    data = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(3)]
-    return fit(model, data, nn.functional.cross_entropy, TrainConfig(**{"epochs": 1, **cfg}), state_path=state,
-               progress=False)
-
-
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     from slimzoo.training import TrainConfig, fit
 

@@ -72,23 +72,12 @@ class _Canvas:
         lab[a[..., 0] > 0.5] = IGNORE if cls == IGNORE else SEG_CLASSES.index(cls)
 
 
-def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Scene ``index``: (HxWx3 uint8 image, HxW uint8 label map of class ids, 255 = ignore)."""
-    rng = np.random.default_rng([seed, index, 11])
-    W, H = width, height
-    c = _Canvas(rng, W, H)
-    yh = H * rng.uniform(0.35, 0.55)  # horizon
-    xv = W * rng.uniform(0.3, 0.7)  # vanishing point
-
-    def depth(y: float) -> float:  # 0 at the horizon, 1 at the bottom edge
-        return max(0.0, (y - yh) / (H - yh))
-
-    # sky, a gradient
+def _paint_background(c: _Canvas, rng, W: int, H: int, yh: float) -> None:
+    """Sky (a gradient), buildings with windows along the horizon, trees, grass below the horizon."""
     sky = _jitter(rng, "sky")
     grad = np.linspace(1.15, 0.9, H * _SS, dtype=np.float32)[:, None, None]
     c.paint(lambda d, s: d.rectangle([0, 0, W * s, (yh + 2) * s], fill=255), "sky",
             texture=np.clip(sky * grad * np.ones((1, W * _SS, 1), np.float32), 0, 255))
-    # buildings along the horizon, with windows
     x = -rng.uniform(0, 20)
     while x < W:
         bw = W * rng.uniform(0.08, 0.3)
@@ -106,8 +95,7 @@ def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tu
                     d.rectangle([wx * s, wy * s, (wx + step * 0.45) * s, (wy + step * 0.45) * s], fill=255)
         c.paint(windows, "building", colour=win, spread=10)
         x += bw + rng.uniform(0, 8)
-    # trees: clusters of blobs around the horizon
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 5))):  # trees: clusters of blobs around the horizon
         tx, ty, tr = W * rng.uniform(0, 1), yh - H * rng.uniform(0.0, 0.2), H * rng.uniform(0.06, 0.18)
 
         def blobs(d, s, tx=tx, ty=ty, tr=tr, k=int(rng.integers(3, 7)), off=rng.uniform(-1, 1, (7, 2))):
@@ -115,9 +103,12 @@ def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tu
                 cx, cy = tx + off[j, 0] * tr, ty + off[j, 1] * tr * 0.7
                 d.ellipse([(cx - tr) * s, (cy - tr) * s, (cx + tr) * s, (cy + tr) * s], fill=255)
         c.paint(blobs, "vegetation", spread=60)
-    # grass below the horizon where there is no road or sidewalk
     c.paint(lambda d, s: d.rectangle([0, (yh + H * 0.02) * s, W * s, H * s], fill=255), "vegetation", spread=50)
-    # road to the vanishing point, sidewalks beside it
+
+
+def _paint_road(c: _Canvas, rng, W: int, H: int, yh: float, xv: float) -> tuple[float, float, float, float]:
+    """The road to the vanishing point with lane marks, sidewalks beside it; returns (left, right, left sidewalk
+    width, right sidewalk width) at the bottom edge."""
     left, right = W * rng.uniform(-0.4, 0.15), W * rng.uniform(0.85, 1.4)
     swl, swr = W * rng.uniform(0.1, 0.35), W * rng.uniform(0.1, 0.35)
     c.paint(lambda d, s: d.polygon([((left - swl) * s, H * s), (left * s, H * s), ((xv - 1) * s, yh * s),
@@ -134,17 +125,42 @@ def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tu
             d.line([(p[0][0] * s, p[0][1] * s), (p[1][0] * s, p[1][1] * s)], fill=255, width=max(1, int(3 * t1 * s)))
     if rng.random() < 0.8:
         c.paint(lanes, "road", colour=np.full(3, rng.uniform(190, 240)), spread=10)
+    return left, right, swl, swr
+
+
+def _draw_car(d, s, x, y, cw, ch):
+    d.rounded_rectangle([(x - cw / 2) * s, (y - ch * 0.65) * s, (x + cw / 2) * s, (y - ch * 0.1) * s],
+                        radius=max(1, ch * 0.15 * s), fill=255)
+    d.polygon([((x - cw * 0.35) * s, (y - ch * 0.6) * s), ((x - cw * 0.22) * s, (y - ch) * s),
+               ((x + cw * 0.22) * s, (y - ch) * s), ((x + cw * 0.35) * s, (y - ch * 0.6) * s)], fill=255)
+    for wx in (x - cw * 0.3, x + cw * 0.3):
+        r = ch * 0.18
+        d.ellipse([(wx - r) * s, (y - 2 * r) * s, (wx + r) * s, y * s], fill=255)
+
+
+def _draw_person(d, s, x, y, ph):
+    hr = ph * 0.09
+    d.ellipse([(x - hr) * s, (y - ph) * s, (x + hr) * s, (y - ph + 2 * hr) * s], fill=255)
+    d.ellipse([(x - ph * 0.13) * s, (y - ph + 2 * hr) * s, (x + ph * 0.13) * s, (y - ph * 0.4) * s], fill=255)
+    for lx in (x - ph * 0.06, x + ph * 0.06):
+        d.line([(lx * s, (y - ph * 0.45) * s), (lx * s, y * s)], fill=255, width=max(1, int(ph * 0.07 * s)))
+
+
+def _paint_things(c: _Canvas, rng, H: int, yh: float, xv: float, road: tuple[float, float, float, float]) -> None:
+    """Cars on the road, people mostly on the sidewalks, poles beside the road: painted far to near."""
+    left, right, swl, swr = road
+
+    def depth(y: float) -> float:  # 0 at the horizon, 1 at the bottom edge
+        return max(0.0, (y - yh) / (H - yh))
 
     def road_x(y: float, side: float) -> float:  # x on the road (side in 0..1 from left to right edge)
-        t = depth(y)
-        return xv + ((left + (right - left) * side) - xv) * t
+        return xv + ((left + (right - left) * side) - xv) * depth(y)
 
     def walk_x(y: float, lr: int) -> float:  # x on a sidewalk
-        t = depth(y)
         edge = (left - swl * rng.uniform(0.2, 0.8)) if lr == 0 else (right + swr * rng.uniform(0.2, 0.8))
-        return xv + (edge - xv) * t
+        return xv + (edge - xv) * depth(y)
 
-    things = []  # (bottom y, kind, x): painted far to near
+    things = []  # (bottom y, kind, x)
     for _ in range(int(rng.integers(1, 5))):
         y = yh + (H - yh) * rng.uniform(0.1, 0.9)
         things.append((y, "car", road_x(y, rng.uniform(0.15, 0.85))))
@@ -158,37 +174,31 @@ def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tu
         t = depth(y) * (H - yh)  # pixels per unit of height at that depth
         if kind == "car":
             cw, ch = t * rng.uniform(0.9, 1.3), t * rng.uniform(0.45, 0.6)
-
-            def car(d, s, x=x, y=y, cw=cw, ch=ch):
-                d.rounded_rectangle([(x - cw / 2) * s, (y - ch * 0.65) * s, (x + cw / 2) * s, (y - ch * 0.1) * s],
-                                    radius=max(1, ch * 0.15 * s), fill=255)
-                d.polygon([((x - cw * 0.35) * s, (y - ch * 0.6) * s), ((x - cw * 0.22) * s, (y - ch) * s),
-                           ((x + cw * 0.22) * s, (y - ch) * s), ((x + cw * 0.35) * s, (y - ch * 0.6) * s)], fill=255)
-                for wx in (x - cw * 0.3, x + cw * 0.3):
-                    r = ch * 0.18
-                    d.ellipse([(wx - r) * s, (y - 2 * r) * s, (wx + r) * s, y * s], fill=255)
-            c.paint(car, "car", spread=25)
+            c.paint(lambda d, s, x=x, y=y, cw=cw, ch=ch: _draw_car(d, s, x, y, cw, ch), "car", spread=25)
         elif kind == "person":
             ph = t * rng.uniform(0.5, 0.7)
-
-            def person(d, s, x=x, y=y, ph=ph):
-                hr = ph * 0.09
-                d.ellipse([(x - hr) * s, (y - ph) * s, (x + hr) * s, (y - ph + 2 * hr) * s], fill=255)
-                d.ellipse([(x - ph * 0.13) * s, (y - ph + 2 * hr) * s, (x + ph * 0.13) * s, (y - ph * 0.4) * s],
-                          fill=255)
-                for lx in (x - ph * 0.06, x + ph * 0.06):
-                    d.line([(lx * s, (y - ph * 0.45) * s), (lx * s, y * s)], fill=255, width=max(1, int(ph * 0.07 * s)))
-            c.paint(person, "person", spread=50)
+            c.paint(lambda d, s, x=x, y=y, ph=ph: _draw_person(d, s, x, y, ph), "person", spread=50)
         else:
             pw, ph = max(0.6, t * 0.025), t * rng.uniform(1.2, 2.0)
             c.paint(lambda d, s, x=x, y=y, pw=pw, ph=ph: d.rectangle([(x - pw / 2) * s, (y - ph) * s,
                                                                      (x + pw / 2) * s, y * s], fill=255),
                     "pole", spread=20)
+
+
+def render_seg(seed: int, index: int, width: int = 256, height: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Scene ``index``: (HxWx3 uint8 image, HxW uint8 label map of class ids, 255 = ignore)."""
+    rng = np.random.default_rng([seed, index, 11])
+    W, H = width, height
+    c = _Canvas(rng, W, H)
+    yh = H * rng.uniform(0.35, 0.55)  # horizon
+    xv = W * rng.uniform(0.3, 0.7)  # vanishing point
+    _paint_background(c, rng, W, H, yh)
+    road = _paint_road(c, rng, W, H, yh, xv)
+    _paint_things(c, rng, H, yh, xv, road)
     if rng.random() < 0.3:  # the ego vehicle's hood: ignored, as in Cityscapes
         hh = H * rng.uniform(0.05, 0.12)
         c.paint(lambda d, s: d.ellipse([-W * 0.2 * s, (H - hh) * s, W * 1.2 * s, (H + hh) * s], fill=255), IGNORE,
                 colour=rng.uniform(10, 60, 3), spread=10)
-
     gain = rng.uniform(0.75, 1.2, 3) * rng.uniform(0.8, 1.15)
     img = Image.fromarray(np.clip(c.img * gain, 0, 255).astype(np.uint8)).resize((W, H), Image.LANCZOS)
     arr = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(0, 8), (H, W, 3))

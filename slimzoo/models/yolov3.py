@@ -133,30 +133,39 @@ class YOLOv3(nn.Module):
 
     def decode(self, raw: list[torch.Tensor], image_hw: tuple) -> torch.Tensor:
         """Raw maps to ``[N, M, 4 + C]``: xyxy boxes in input pixels and per-class scores."""
-        ih, iw = image_hw
         out = []
         for p, mask in zip(raw, ANCHOR_MASKS, strict=True):
             n, _, h, w = p.shape
             p = p.view(n, self.num_anchors, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2)
-            gy = torch.arange(h, dtype=p.dtype, device=p.device).view(1, 1, h, 1)
-            gx = torch.arange(w, dtype=p.dtype, device=p.device).view(1, 1, 1, w)
-            anchors = self.anchors[list(mask)]
-            aw = (anchors[:, 0] * iw).view(1, self.num_anchors, 1, 1)
-            ah = (anchors[:, 1] * ih).view(1, self.num_anchors, 1, 1)
-            cx = (torch.sigmoid(p[..., 0]) + gx) * (iw / w)
-            cy = (torch.sigmoid(p[..., 1]) + gy) * (ih / h)
-            bw = torch.exp(p[..., 2].clamp(max=10.0)) * aw
-            bh = torch.exp(p[..., 3].clamp(max=10.0)) * ah
-            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
+            boxes = decode_boxes(p, self.anchors[list(mask)], image_hw)
             scores = torch.sigmoid(p[..., 4:5]) * torch.sigmoid(p[..., 5:])
             out.append(torch.cat([boxes, scores], dim=-1).reshape(n, -1, 4 + self.num_classes))
         return torch.cat(out, dim=1)
 
     def forward(self, x: torch.Tensor):
+        """Eval: decoded ``[N, M, 4 + C]``. Training: ``{"maps": raw maps, "anchors": this head's anchors}``, what
+        :func:`slimzoo.tasks.detection.yolo_loss` reads (the loss uses the model's own anchors and decoding)."""
         raw = self.forward_raw(x)
         if self.training:
-            return raw
+            return {"maps": raw, "anchors": self.anchors}
         return self.decode(raw, x.shape[-2:])
+
+
+def decode_boxes(p: torch.Tensor, anchors: torch.Tensor, image_hw: tuple) -> torch.Tensor:
+    """The YOLOv3 box decoding of one scale, shared by the head's output and the loss: ``p`` holds raw predictions
+    ``[N, A, H, W, 5 + C]``, ``anchors`` the scale's ``A`` anchors (w, h) relative to the input; returns xyxy boxes
+    ``[N, A, H, W, 4]`` in input pixels: centre ``(sigmoid(t) + cell) * stride``, size ``exp(t) * anchor``."""
+    ih, iw = image_hw
+    a, h, w = p.shape[1], p.shape[2], p.shape[3]
+    gy = torch.arange(h, dtype=p.dtype, device=p.device).view(1, 1, h, 1)
+    gx = torch.arange(w, dtype=p.dtype, device=p.device).view(1, 1, 1, w)
+    aw = (anchors[:, 0] * iw).view(1, a, 1, 1)
+    ah = (anchors[:, 1] * ih).view(1, a, 1, 1)
+    cx = (torch.sigmoid(p[..., 0]) + gx) * (iw / w)
+    cy = (torch.sigmoid(p[..., 1]) + gy) * (ih / h)
+    bw = torch.exp(p[..., 2].clamp(max=10.0)) * aw
+    bh = torch.exp(p[..., 3].clamp(max=10.0)) * ah
+    return torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
 
 
 @register_model("detection")

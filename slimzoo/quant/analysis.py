@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ptq import PTQConfig, _first_images, compute_qparams
-from .preprocess import preprocess
+from .ptq import PTQConfig, prepare_ptq
 from .qdq import COMPUTE, QUANT_IO, QdqPlan, plan_qdq, write_qdq
 from .qparams import QuantParams
 
@@ -64,23 +63,11 @@ def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[
 
     With ``evaluate=None`` only the SQNR is measured (a few forward passes per layer, no evaluation).
     """
-    import onnx
     from tqdm import tqdm
 
-    from .calibrate import collect_ranges
-
     cfg = cfg or PTQConfig()
-    model = onnx.load(str(fp32_path))
-    preprocess(model, cfg.target)
-    batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
-    full_plan = plan_qdq(model, set(cfg.keep_fp32), cfg.target)
-    ranges = collect_ranges(model, full_plan.activations, batches, method=cfg.calibration,
-                            percentile=cfg.percentile)
-    full = compute_qparams(model, full_plan, ranges)
-    if cfg.bias_correction:
-        from .bias_correction import correct_biases
-
-        full = correct_biases(model, full_plan, full, _first_images(batches, cfg.bias_correction_images))
+    prep = prepare_ptq(fp32_path, batches, cfg, all_images=True)  # the same pipeline as the file PTQ writes
+    model, full_plan, full, batches = prep.model, prep.plan, prep.qparams, prep.batches
     ops = {n.name: n.op_type for n in model.graph.node}
     ref = _outputs(fp32_path, batches)
     fp32_metric = evaluate(Path(fp32_path)) if evaluate else None

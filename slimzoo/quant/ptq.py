@@ -123,9 +123,23 @@ def calibration_set(batches: Iterable, num_images: int, batch_size: int) -> list
     return [x[i: i + batch_size] for i in range(0, len(x), batch_size)]
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
-                  ) -> tuple[Path, QuantParams, QdqPlan]:
-    """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
+@dataclass
+class PreparedPTQ:
+    """What post-training quantization decides before a file is written: the graph it quantizes (preprocessed,
+    equalized), the placement, the quantization parameters (calibrated, AdaRound, bias correction) and the
+    calibration batches."""
+
+    model: object
+    plan: QdqPlan
+    qparams: QuantParams
+    batches: list
+
+
+def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None, *,
+                all_images: bool = False) -> PreparedPTQ:
+    """The one PTQ pipeline (the CLI, the API, the zoo, the per-layer analysis and the accuracy-aware mode all run
+    it): preprocess, equalize, plan, calibrate, AdaRound, bias correction, as ``cfg`` says. With ``all_images``
+    every image of ``batches`` calibrates (the analysis'), else the first ``cfg.num_calibration``."""
     import onnx
 
     cfg = cfg or PTQConfig()
@@ -135,7 +149,10 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
         from .equalize import equalize_cross_layer
 
         model = equalize_cross_layer(model)
-    batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
+    if all_images:
+        batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
+    else:
+        batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
     plan = plan_qdq(model, set(cfg.keep_fp32), cfg.target)
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges)
@@ -148,7 +165,14 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
         from .bias_correction import correct_biases
 
         qp = correct_biases(model, plan, qp, _first_images(batches, cfg.bias_correction_images))
-    return write_qdq(model, plan, qp, out_path), qp, plan
+    return PreparedPTQ(model, plan, qp, batches)
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
+                  ) -> tuple[Path, QuantParams, QdqPlan]:
+    """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
+    prep = prepare_ptq(fp32_path, batches, cfg)
+    return write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.qparams, prep.plan
 
 
 def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, out_path: str | Path,

@@ -83,9 +83,21 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
     qmod = OnnxModule(onnx_model, {t: ranges[t] for t in plan.activations},
                       {w: axis for w, (axis, _) in plan.weights.items()}, momentum=cfg.range_momentum,
                       learn_ranges=cfg.learn_ranges)
-    if cfg.learn_ranges:
-        qmod.lr_multipliers = {"act_fq.": cfg.range_lr / cfg.lr}
     return qmod, onnx_model, plan
+
+
+def qat_train_config(cfg: QATConfig):
+    """The training schedule of QAT (also the zoo's FP32 control fine-tune of a QAT row)."""
+    from ..training import TrainConfig
+
+    return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       warmup_epochs=0.0, channels_last=False, seed=cfg.seed)
+
+
+def qat_lr_multipliers(cfg: QATConfig) -> dict[str, float]:
+    """The optimizer's learning-rate factors for QAT (``fit(..., lr_multipliers=...)`` /
+    ``make_optimizer``): learned activation ranges move at ``range_lr``, everything else at ``lr``."""
+    return {"act_fq.": cfg.range_lr / cfg.lr} if cfg.learn_ranges else {}
 
 
 def export_qat(qmod, onnx_model, plan, out_path: str | Path) -> Path:
@@ -112,18 +124,18 @@ def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_l
 
     Returns (path, the trained fake-quant module in eval mode).
     """
-    from ..training import TrainConfig, fit
+    from ..training import fit
 
     cfg = cfg or QATConfig()
     torch.manual_seed(cfg.seed)
     qmod, onnx_model, plan = prepare_qat(model, example_inputs, calib_batches, cfg)
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       warmup_epochs=0.0, channels_last=False, seed=cfg.seed)
+    tcfg = qat_train_config(cfg)
 
     def on_step(step: int, total: int) -> None:
         qmod.set_observing(step < cfg.freeze_ranges_at * total)
 
-    qmod = fit(qmod, train_loader, loss_fn, tcfg, progress=progress, on_step=on_step, max_steps=cfg.max_steps)
+    qmod = fit(qmod, train_loader, loss_fn, tcfg, progress=progress, on_step=on_step, max_steps=cfg.max_steps,
+               lr_multipliers=qat_lr_multipliers(cfg))
     qmod.set_observing(False)
     from .. import distributed
 

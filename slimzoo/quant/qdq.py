@@ -27,6 +27,9 @@ CONV_OPS = {"Conv", "ConvTranspose"}
 # QLinearSoftmax; Resize runs on uint8 directly); the choice of each is measured in docs/quantization.md
 QUANT_IO = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Resize", "Sigmoid", "LeakyRelu",
             "Softmax"}
+# --target openvino: only the ops NNCF quantizes around (OpenVINO runs Sigmoid, Mul, Softmax, Resize in float and
+# pays for every Q/DQ pair around them: EfficientNet-B0's SiLU gates cost 2x at one thread with them quantized)
+OPENVINO_IO = {"Add", "Concat", "GlobalAveragePool", "AveragePool"}
 BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no float constant operand
 # MatMul between two activations (attention's Q.K^T and A.V): left in float, as measured faster in ONNX Runtime
 # on torchvision's ViT (docs/quantization.md; benchmarks/qdq_placement.py toggles it)
@@ -105,6 +108,181 @@ def _non_float_tensors(model) -> set[str]:
 TARGETS = ("onnxruntime", "openvino")
 
 
+class _Graph:
+    """An FP32 ONNX graph as the planner reads it: initializers, producers, consumers, non-float tensors."""
+
+    def __init__(self, model, keep_fp32: set[str], target: str):
+        g = model.graph
+        self.model, self.g, self.target = model, g, target
+        self.inits = {i.name for i in g.initializer}
+        # the exporter deduplicates equal initializers behind Identity nodes: see through them
+        self.alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in self.inits}
+        self.keep_fp32 = keep_fp32 | {n.name for n in g.node if module_name(n, self.inits) in keep_fp32}
+        self.consts = self.inits | {n.output[0] for n in g.node if n.op_type == "Constant"}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers = consumer_map(g)
+        self.graph_outputs = {o.name for o in g.output}
+        self.nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
+        self.rescale: dict[str, tuple[str, float]] = {}  # Mul/Div node name -> (input tensor, factor)
+        self.region: set[str] = set()  # names of the nodes that run in INT8
+
+    def scalar(self, t: str) -> float | None:
+        if t not in self.consts:
+            return None
+        v = _const_value(self.model, t)
+        return float(np.asarray(v).ravel()[0]) if v is not None and np.asarray(v).size == 1 else None
+
+    def feeds(self, t: str, accept, seen: set) -> bool:
+        """Whether ``t`` reaches a node for which ``accept`` holds, through data movement (and ReLU) only."""
+        for c in self.consumers[t]:
+            if accept(c):
+                return True
+            moves = (c.op_type in PASSTHROUGH and c.input[0] == t or c.op_type in ("Relu", "Clip")
+                     or c.name in self.rescale)
+            if moves and c.name not in self.keep_fp32:
+                for o in c.output:
+                    if o not in seen:
+                        seen.add(o)
+                        if self.feeds(o, accept, seen):
+                            return True
+        return False
+
+    def feeds_quantized(self, t: str) -> bool:
+        """Whether ``t`` reaches a quantized op (through data movement only). A tensor that does not, such as a
+        detector's raw head output going into float box decoding, keeps full precision."""
+        return self.feeds(t, lambda c: c.name in self.region, set())
+
+
+def _find_rescales(gr: _Graph) -> None:
+    """Mul/Div of an activation by a positive scalar constant (a hard activation's 1/6): a change of scale only."""
+    for n in gr.g.node:
+        if n.op_type not in ("Mul", "Div") or n.name in gr.keep_fp32 or len(n.input) != 2:
+            continue
+        a, b = (n.input[0], gr.scalar(n.input[1])), (n.input[1], gr.scalar(n.input[0]))
+        for x, c in (a, b) if n.op_type == "Mul" else (a,):
+            if c is not None and c > 0 and x not in gr.consts and n.output[0] not in gr.graph_outputs:
+                gr.rescale[n.name] = (x, c if n.op_type == "Mul" else 1.0 / c)
+                break
+
+
+def _find_region(gr: _Graph) -> None:
+    """Which ops run in INT8: every conv/gemm/matmul with constant weights, and an op with an integer kernel (add,
+    mul, concat, pooling, sigmoid, ...) when its output feeds one of those, so that float post-processing in the
+    graph (a detector's box decoding: sigmoid, grid add, the final concat of boxes and scores) stays float.
+    Decided in reverse topological order, so a chain (sigmoid -> mul -> conv) joins from the conv backwards."""
+    for n in gr.g.node:
+        if n.name in gr.keep_fp32 or n.output[0] in gr.nonfloat:
+            continue
+        if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits:
+            gr.region.add(n.name)
+        elif ACTIVATION_MATMUL and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
+            gr.region.add(n.name)
+    io = QUANT_IO if gr.target == "onnxruntime" else OPENVINO_IO
+    for n in reversed(gr.g.node):
+        if n.op_type not in io or n.name in gr.keep_fp32 or n.output[0] in gr.nonfloat or n.name in gr.rescale:
+            continue
+        if n.op_type in BINARY and any(i in gr.consts and gr.scalar(i) is None for i in n.input):
+            continue  # a constant tensor operand (a bias add, a layer scale) keeps the op in float
+        if gr.feeds(n.output[0], lambda c: c.name in gr.region, set()):
+            gr.region.add(n.name)
+
+
+def _fold_activations(gr: _Graph, plan: QdqPlan) -> dict[str, str]:
+    """Activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y. Returns
+    {output of P: the tensor that will carry the quantized value}."""
+    effective_out: dict[str, str] = {}
+    for n in gr.g.node:
+        if n.op_type not in ("Relu", "Clip") or n.name in gr.keep_fp32:
+            continue
+        x = n.input[0]
+        p = gr.producer.get(x)
+        if p is None or p.name not in gr.region or p.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
+            continue
+        if len(gr.consumers[x]) != 1 or x in gr.graph_outputs or \
+                (p.op_type not in CONV_OPS or gr.target != "onnxruntime") and not gr.feeds_quantized(n.output[0]):
+            continue  # a folded ReLU needs the uint8 tensor after it (a conv's output always has one)
+        if n.op_type == "Clip":
+            lo = _const_value(gr.model, n.input[1]) if len(n.input) > 1 and n.input[1] else _attr(n, "min")
+            if lo is None or float(np.asarray(lo)) != 0.0:
+                continue
+        plan.folded[n.name] = n.output[0]
+        effective_out[x] = n.output[0]
+    return effective_out
+
+
+def _activation_tensors(gr: _Graph, plan: QdqPlan, effective_out: dict[str, str]) -> list[str]:
+    """The activation tensors around quantized ops (calibrated), and the weights, biases and scalar constants of
+    those ops recorded in ``plan``."""
+    acts: list[str] = []
+
+    def add(t: str) -> None:
+        if t and t not in gr.consts and t not in acts and t not in gr.nonfloat:
+            acts.append(t)
+
+    for n in gr.g.node:
+        if n.name not in gr.region:
+            continue
+        if n.op_type in COMPUTE:
+            w = n.input[COMPUTE[n.op_type]]
+            if w not in gr.inits:  # activation x activation MatMul (only with ACTIVATION_MATMUL)
+                add(n.input[0])
+                add(w)
+                if gr.feeds_quantized(n.output[0]):
+                    add(n.output[0])
+                continue
+            add(n.input[0])
+            axis = 0
+            if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type in ("MatMul", "ConvTranspose"):
+                axis = 1
+            plan.weights.setdefault(w, (axis, n.name))
+            b = gr.alias.get(n.input[2], n.input[2]) if len(n.input) > 2 else ""
+            if b in gr.inits:
+                plan.biases[n.name] = (b, n.input[0], w)
+            plan.layers.append(n.name)
+            plan.modules[n.name] = module_name(n, gr.inits)
+        else:
+            for i in n.input:
+                if i not in gr.consts:
+                    add(i)
+                elif n.op_type in BINARY:  # a scalar: quantized exactly, so the integer kernel takes it
+                    plan.constants[i] = gr.scalar(i)
+        out = effective_out.get(n.output[0], n.output[0])
+        if n.op_type in CONV_OPS and gr.target == "onnxruntime":
+            add(out)  # whatever follows: the runtime fuses a conv only with a QuantizeLinear after it
+        elif out not in gr.graph_outputs and (n.op_type in QUANT_IO or gr.feeds_quantized(out)):
+            add(out)
+    return acts
+
+
+def _share_passthrough(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
+    """Data-movement ops between quantized tensors reuse their input's qparams; a rescale reads the quantized
+    source with a scaled DequantizeLinear. Repeated until nothing changes (chains of them)."""
+    changed = True
+    while changed:
+        changed = False
+        for n in gr.g.node:
+            if n.name in gr.rescale and n.output[0] not in plan.rescaled:
+                x, factor = gr.rescale[n.name]
+                if x in plan.rescaled:
+                    x, f0 = plan.rescaled[x]
+                    factor *= f0
+                if x in acts or x in plan.shared:
+                    o = n.output[0]
+                    if o in acts:
+                        acts.remove(o)
+                    plan.rescaled[o] = (x, factor)
+                    plan.rescale_nodes.add(n.name)
+                    changed = True
+                continue
+            if n.op_type in PASSTHROUGH and n.name not in gr.keep_fp32 and n.input[0] in (set(acts) | set(plan.shared)):
+                for o in n.output:  # Split has several
+                    if o in acts:
+                        acts.remove(o)
+                    if o not in plan.shared and o not in gr.graph_outputs and o not in gr.nonfloat:
+                        plan.shared[o] = plan.shared.get(n.input[0], n.input[0])
+                        changed = True
+
+
 def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntime") -> QdqPlan:
     """Decide quantization placement for an FP32 ONNX model.
 
@@ -118,165 +296,13 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown target runtime {target!r}; choose one of {', '.join(TARGETS)}")
-    keep_fp32 = set(keep_fp32 or ())
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    # the exporter deduplicates equal initializers behind Identity nodes: see through them
-    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
-    keep_fp32 |= {n.name for n in g.node if module_name(n, inits) in keep_fp32}
-    consts = inits | {n.output[0] for n in g.node if n.op_type == "Constant"}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers = consumer_map(g)
-    graph_outputs = {o.name for o in g.output}
-    nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
+    gr = _Graph(model, set(keep_fp32 or ()), target)
     plan = QdqPlan()
-
-    def scalar(t: str) -> float | None:
-        if t not in consts:
-            return None
-        v = _const_value(model, t)
-        return float(np.asarray(v).ravel()[0]) if v is not None and np.asarray(v).size == 1 else None
-
-    # Mul/Div of an activation by a positive scalar constant (a hard activation's 1/6): a change of scale only
-    rescale: dict[str, tuple[str, float]] = {}  # node name -> (input tensor, factor)
-    for n in g.node:
-        if n.op_type not in ("Mul", "Div") or n.name in keep_fp32 or len(n.input) != 2:
-            continue
-        a, b = (n.input[0], scalar(n.input[1])), (n.input[1], scalar(n.input[0]))
-        for x, c in (a, b) if n.op_type == "Mul" else (a,):
-            if c is not None and c > 0 and x not in consts and n.output[0] not in graph_outputs:
-                rescale[n.name] = (x, c if n.op_type == "Mul" else 1.0 / c)
-                break
-
-    def feeds(t: str, accept, seen: set) -> bool:
-        """Whether ``t`` reaches a node for which ``accept`` holds, through data movement (and ReLU) only."""
-        for c in consumers[t]:
-            if accept(c):
-                return True
-            if (c.op_type in PASSTHROUGH and c.input[0] == t or c.op_type in ("Relu", "Clip") or c.name in rescale) \
-                    and c.name not in keep_fp32:
-                for o in c.output:
-                    if o not in seen:
-                        seen.add(o)
-                        if feeds(o, accept, seen):
-                            return True
-        return False
-
-    # Which ops run in INT8: every conv/gemm/matmul with constant weights, and an op with an integer kernel
-    # (add, mul, concat, pooling, sigmoid, ...) when its output feeds one of those, so that float
-    # post-processing in the graph (a detector's box decoding: sigmoid, grid add, the final concat of boxes
-    # and scores) stays float. Decided in reverse topological order, so a chain (sigmoid -> mul -> conv)
-    # joins from the conv backwards.
-    region: set[str] = set()
-    for n in g.node:
-        if n.name in keep_fp32 or n.output[0] in nonfloat:
-            continue
-        if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in inits:
-            region.add(n.name)
-        elif ACTIVATION_MATMUL and n.op_type == "MatMul" and not any(i in consts for i in n.input):
-            region.add(n.name)
-    for n in reversed(g.node):
-        if n.op_type not in QUANT_IO or n.name in keep_fp32 or n.output[0] in nonfloat:
-            continue
-        if n.name in rescale:
-            continue
-        if n.op_type in BINARY and any(i in consts and scalar(i) is None for i in n.input):
-            continue  # a constant tensor operand (a bias add, a layer scale) keeps the op in float
-        if feeds(n.output[0], lambda c: c.name in region, set()):
-            region.add(n.name)
-
-    def is_quantized_op(n) -> bool:
-        return n.name in region
-
-    def feeds_quantized(t: str, seen: set) -> bool:
-        """Whether ``t`` reaches a quantized op (through data movement only). A tensor that does not,
-        such as a detector's raw head output going into float box decoding, keeps full precision."""
-        return feeds(t, is_quantized_op, seen)
-
-    # 1. activations folded into the op before them: out(P) -> ReLU/Clip(0, x) -> Y becomes P -> Y
-    effective_out: dict[str, str] = {}  # output of P -> tensor that will carry the quantized value
-    for n in g.node:
-        if n.op_type not in ("Relu", "Clip") or n.name in keep_fp32:
-            continue
-        x = n.input[0]
-        p = producer.get(x)
-        if p is None or not is_quantized_op(p) or p.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
-            continue
-        if len(consumers[x]) != 1 or x in graph_outputs or \
-                (p.op_type not in CONV_OPS or target != "onnxruntime") and not feeds_quantized(n.output[0], set()):
-            continue  # a folded ReLU needs the uint8 tensor after it (a conv's output always has one)
-        if n.op_type == "Clip":
-            lo = _const_value(model, n.input[1]) if len(n.input) > 1 and n.input[1] else _attr(n, "min")
-            if lo is None or float(np.asarray(lo)) != 0.0:
-                continue
-        plan.folded[n.name] = n.output[0]
-        effective_out[x] = n.output[0]
-
-    # 2. activation tensors around quantized ops
-    acts: list[str] = []
-
-    def add(t: str) -> None:
-        if t and t not in consts and t not in acts and t not in nonfloat:
-            acts.append(t)
-
-    for n in g.node:
-        if not is_quantized_op(n):
-            continue
-        if n.op_type in COMPUTE:
-            w = n.input[COMPUTE[n.op_type]]
-            if w not in inits:  # activation x activation MatMul (only with ACTIVATION_MATMUL)
-                add(n.input[0])
-                add(w)
-                if feeds_quantized(n.output[0], set()):
-                    add(n.output[0])
-                continue
-            add(n.input[0])
-            axis = 0
-            if n.op_type == "Gemm" and not _attr(n, "transB", 0) or n.op_type in ("MatMul", "ConvTranspose"):
-                axis = 1
-            plan.weights.setdefault(w, (axis, n.name))
-            b = alias.get(n.input[2], n.input[2]) if len(n.input) > 2 else ""
-            if b in inits:
-                plan.biases[n.name] = (b, n.input[0], w)
-            plan.layers.append(n.name)
-            plan.modules[n.name] = module_name(n, inits)
-        else:
-            for i in n.input:
-                if i not in consts:
-                    add(i)
-                elif n.op_type in BINARY:  # a scalar: quantized exactly, so the integer kernel takes it
-                    plan.constants[i] = scalar(i)
-        out = effective_out.get(n.output[0], n.output[0])
-        if n.op_type in CONV_OPS and target == "onnxruntime":
-            add(out)  # whatever follows: the runtime fuses a conv only with a QuantizeLinear after it
-        elif out not in graph_outputs and (n.op_type in QUANT_IO or feeds_quantized(out, set())):
-            add(out)
-    # 3. data-movement ops between quantized tensors reuse their input's qparams; a rescale reads the
-    # quantized source with a scaled DequantizeLinear
-    changed = True
-    while changed:
-        changed = False
-        for n in g.node:
-            if n.name in rescale and n.output[0] not in plan.rescaled:
-                x, factor = rescale[n.name]
-                if x in plan.rescaled:
-                    x, f0 = plan.rescaled[x]
-                    factor *= f0
-                if x in acts or x in plan.shared:
-                    o = n.output[0]
-                    if o in acts:
-                        acts.remove(o)
-                    plan.rescaled[o] = (x, factor)
-                    plan.rescale_nodes.add(n.name)
-                    changed = True
-                continue
-            if n.op_type in PASSTHROUGH and n.name not in keep_fp32 and n.input[0] in (set(acts) | set(plan.shared)):
-                for o in n.output:  # Split has several
-                    if o in acts:
-                        acts.remove(o)
-                    if o not in plan.shared and o not in graph_outputs and o not in nonfloat:
-                        plan.shared[o] = plan.shared.get(n.input[0], n.input[0])
-                        changed = True
+    _find_rescales(gr)
+    _find_region(gr)
+    effective_out = _fold_activations(gr, plan)
+    acts = _activation_tensors(gr, plan, effective_out)
+    _share_passthrough(gr, plan, acts)
     plan.activations = acts
     return plan
 
@@ -326,10 +352,166 @@ def fit_biases(model, plan: QdqPlan, qp: QuantParams) -> tuple[QuantParams, list
     return QuantParams(activations=qp.activations, weights=weights, biases=qp.biases), touched
 
 
+class _Writer:
+    """Builds the QDQ graph: integer initializers and DequantizeLinear nodes at the head, Q/DQ pairs after the
+    quantized tensors in the body, consumers rewired to the dequantized twins."""
+
+    def __init__(self, m, plan: QdqPlan, qp: QuantParams):
+        self.m, self.g, self.plan, self.qp = m, m.graph, plan, qp
+        self.new_inits, self.head, self.removed = [], [], set()
+        self.rename: dict[str, str] = {}  # per consumer input: float tensor -> its dequantized twin
+        self.bias_input: dict[str, str] = {}  # node name -> its dequantized bias
+
+    def _init(self, array, name: str) -> None:
+        from onnx import numpy_helper
+
+        self.new_inits.append(numpy_helper.from_array(array, name))
+
+    def _dq(self, stem: str, out: str, **kw):
+        from onnx import helper
+
+        return helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
+                                [out], name=f"{stem}_DequantizeLinear", **kw)
+
+    def scalar_qparams(self, t: str) -> tuple[str, str]:
+        a = self.qp.activations[self.plan.shared.get(t, t)]
+        self._init(np.array(a.scale, np.float32), f"{t}_scale")
+        self._init(np.array(a.zero_point, np.uint8), f"{t}_zero_point")
+        return f"{t}_scale", f"{t}_zero_point"
+
+    def qdq_nodes(self, t: str) -> list:
+        from onnx import helper
+
+        s, z = self.scalar_qparams(t)
+        self.rename[t] = f"{t}_dequantized"
+        return [helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_quantized"], name=f"{t}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{t}_quantized", s, z], [f"{t}_dequantized"],
+                                 name=f"{t}_DequantizeLinear")]
+
+    def weights(self) -> None:
+        """Per-channel int8 weights, int32 biases on the accumulator's scale, exact scalar constants."""
+        from onnx import numpy_helper
+
+        plan, qp = self.plan, self.qp
+        for w, (axis, _) in plan.weights.items():
+            wq = qp.weights[w]
+            self._init(wq.qweight.astype(np.int8), f"{w}_quantized")
+            self._init(wq.scale.astype(np.float32), f"{w}_scale")
+            self._init(np.zeros_like(wq.scale, np.int8), f"{w}_zero_point")
+            self.head.append(self._dq(w, f"{w}_dequantized", axis=axis))
+            self.rename[w] = f"{w}_dequantized"
+            self.removed.add(w)
+        init_by_name = {i.name: i for i in self.g.initializer}
+        for node_name, (b, x, w) in plan.biases.items():
+            x_src = plan.shared.get(x, x)
+            if x_src not in qp.activations:
+                continue
+            bias = qp.biases.get(node_name)
+            if bias is None:
+                bias = numpy_helper.to_array(init_by_name[b]).astype(np.float32)
+            bq, bs = quantize_bias(bias, qp.activations[x_src].scale, qp.weights[w].scale)
+            stem = f"{node_name}_bias"
+            self._init(bq, f"{stem}_quantized")
+            self._init(bs, f"{stem}_scale")
+            self._init(np.zeros_like(bq, np.int32), f"{stem}_zero_point")
+            self.head.append(self._dq(stem, f"{stem}_dequantized", axis=0))
+            self.bias_input[node_name] = f"{stem}_dequantized"
+        for t, value in plan.constants.items():  # scalar operands: exact on a uint8 grid of one step
+            self._init(np.array(255 if value > 0 else 0, np.uint8), f"{t}_quantized")
+            self._init(np.array(abs(value) / 255 if value else 1.0, np.float32), f"{t}_scale")
+            self._init(np.array(255 if value < 0 else 0, np.uint8), f"{t}_zero_point")
+            self.head.append(self._dq(t, f"{t}_dequantized"))
+            self.rename[t] = f"{t}_dequantized"
+
+    def rescaled_nodes(self, o: str) -> list:
+        from onnx import helper
+
+        src, _ = self.plan.rescaled[o]
+        a = self.qp.activations[o]
+        self._init(np.array(a.scale, np.float32), f"{o}_scale")
+        self._init(np.array(a.zero_point, np.uint8), f"{o}_zero_point")
+        self.rename[o] = f"{o}_dequantized"
+        return [helper.make_node("DequantizeLinear", [f"{src}_quantized", f"{o}_scale", f"{o}_zero_point"],
+                                 [f"{o}_dequantized"], name=f"{o}_DequantizeLinear")]
+
+    def _rewire(self, n, quantized: set[str]) -> None:
+        plan = self.plan
+        for k, i in enumerate(n.input):
+            if i in self.rename and n.op_type in ("Shape", "Size") and (i in quantized or i in plan.rescaled):
+                # a shape is the same on the uint8 tensor: reading it there spares a DequantizeLinear
+                n.input[k] = f"{plan.rescaled[i][0] if i in plan.rescaled else i}_quantized"
+            elif i in self.rename:
+                n.input[k] = self.rename[i]
+        if n.name in self.bias_input:
+            n.input[2] = self.bias_input[n.name]
+
+    def _after(self, n, quantized: set[str], graph_out_names: set[str]) -> list:
+        """The Q/DQ nodes after ``n``'s quantized outputs."""
+        from onnx import helper
+
+        out = []
+        for k, o in enumerate(n.output):
+            if o in quantized and o in graph_out_names:
+                # a quantized graph output (a conv's): the node writes a twin, the DequantizeLinear the output
+                s, z = self.scalar_qparams(o)
+                n.output[k] = f"{o}_prequant"
+                out += [helper.make_node("QuantizeLinear", [n.output[k], s, z], [f"{o}_quantized"],
+                                         name=f"{o}_QuantizeLinear"),
+                        helper.make_node("DequantizeLinear", [f"{o}_quantized", s, z], [o],
+                                         name=f"{o}_DequantizeLinear")]
+            elif o in quantized:
+                out += self.qdq_nodes(o)
+        return out
+
+    def body(self) -> list:
+        """The graph's nodes with ReLU/Clip folded, rescales replaced, Q/DQ after every quantized tensor."""
+        g, plan = self.g, self.plan
+        quantized = set(plan.activations) | set(plan.shared)
+        graph_out_names = {o.name for o in g.output}
+        for t in plan.activations:
+            if t in {i.name for i in g.input}:
+                self.head += self.qdq_nodes(t)
+        producer = {o: n for n in g.node for o in n.output}
+        for n in g.node:  # fold ReLU/Clip: the producer writes the activation's output name directly
+            if n.name in plan.folded:
+                producer[n.input[0]].output[0] = n.output[0]
+        body = []
+        for n in g.node:
+            if n.name in plan.folded:
+                continue
+            if n.name in plan.rescale_nodes:
+                body += self.rescaled_nodes(n.output[0])
+                continue
+            self._rewire(n, quantized)
+            body.append(n)
+            body += self._after(n, quantized, graph_out_names)
+        return body
+
+    def finish(self, nodes: list) -> None:
+        """Drop unread Q/DQ nodes (a quantized tensor read only through rescaled DequantizeLinears leaves its own
+        DequantizeLinear unread, and a dangling one makes ONNX Runtime transpose layouts for it); set the nodes
+        and the initializers still read."""
+        g = self.g
+        outputs = {o.name for o in g.output}
+        while True:
+            read = {i for n in nodes for i in n.input} | outputs
+            dead = {id(n) for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    and not any(o in read for o in n.output)}
+            if not dead:
+                break
+            nodes = [n for n in nodes if id(n) not in dead]
+        del g.node[:]
+        g.node.extend(nodes)
+        still_used = {i for n in g.node for i in n.input}
+        keep = [i for i in g.initializer if i.name not in self.removed and i.name in still_used]
+        del g.initializer[:]
+        g.initializer.extend(keep + self.new_inits)
+        del g.value_info[:]
+
+
 def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
     """Write the QDQ ONNX file for ``model`` (FP32, BN folded) from ``plan`` and ``qp``, atomically."""
     import onnx
-    from onnx import helper, numpy_helper
 
     from ..storage import atomic_write
 
@@ -342,133 +524,10 @@ def write_qdq(model, plan: QdqPlan, qp: QuantParams, path: str | Path) -> Path:
                       f"bias exact: {', '.join(touched[:5])}{' ...' if len(touched) > 5 else ''}", stacklevel=2)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
-    init_by_name = {i.name: i for i in g.initializer}
-    new_inits, head_nodes = [], []
-    rename: dict[str, str] = {}  # per consumer input: float tensor -> its dequantized twin
-
-    def scalar_qparams(t: str) -> tuple[str, str]:
-        src = plan.shared.get(t, t)
-        a = qp.activations[src]
-        s_name, z_name = f"{t}_scale", f"{t}_zero_point"
-        new_inits.append(numpy_helper.from_array(np.array(a.scale, np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.array(a.zero_point, np.uint8), z_name))
-        return s_name, z_name
-
-    def qdq_nodes(t: str) -> list:
-        s, z = scalar_qparams(t)
-        rename[t] = f"{t}_dequantized"
-        return [helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_quantized"], name=f"{t}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{t}_quantized", s, z], [f"{t}_dequantized"],
-                                 name=f"{t}_DequantizeLinear")]
-
-    # weights and biases: integer initializers + DequantizeLinear at the head of the graph
-    removed_inits = set()
-    for w, (axis, _) in plan.weights.items():
-        wq = qp.weights[w]
-        new_inits += [numpy_helper.from_array(wq.qweight.astype(np.int8), f"{w}_quantized"),
-                      numpy_helper.from_array(wq.scale.astype(np.float32), f"{w}_scale"),
-                      numpy_helper.from_array(np.zeros_like(wq.scale, np.int8), f"{w}_zero_point")]
-        head_nodes.append(helper.make_node("DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"],
-                                           [f"{w}_dequantized"], name=f"{w}_DequantizeLinear", axis=axis))
-        rename[w] = f"{w}_dequantized"
-        removed_inits.add(w)
-    bias_input: dict[str, str] = {}  # node name -> its dequantized bias
-    for node_name, (b, x, w) in plan.biases.items():
-        x_src = plan.shared.get(x, x)
-        if x_src not in qp.activations:
-            continue
-        bias = qp.biases.get(node_name)
-        if bias is None:
-            bias = numpy_helper.to_array(init_by_name[b]).astype(np.float32)
-        bq, bs = quantize_bias(bias, qp.activations[x_src].scale, qp.weights[w].scale)
-        stem = f"{node_name}_bias"
-        new_inits += [numpy_helper.from_array(bq, f"{stem}_quantized"), numpy_helper.from_array(bs, f"{stem}_scale"),
-                      numpy_helper.from_array(np.zeros_like(bq, np.int32), f"{stem}_zero_point")]
-        head_nodes.append(helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale",
-                                                                f"{stem}_zero_point"],
-                                           [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear", axis=0))
-        bias_input[node_name] = f"{stem}_dequantized"
-
-    for t, value in plan.constants.items():  # scalar operands: exact on a uint8 grid of one step
-        scale = abs(value) / 255 if value else 1.0
-        new_inits += [numpy_helper.from_array(np.array(255 if value > 0 else 0, np.uint8), f"{t}_quantized"),
-                      numpy_helper.from_array(np.array(scale, np.float32), f"{t}_scale"),
-                      numpy_helper.from_array(np.array(255 if value < 0 else 0, np.uint8), f"{t}_zero_point")]
-        head_nodes.append(helper.make_node("DequantizeLinear", [f"{t}_quantized", f"{t}_scale", f"{t}_zero_point"],
-                                           [f"{t}_dequantized"], name=f"{t}_DequantizeLinear"))
-        rename[t] = f"{t}_dequantized"
-
-    def rescaled_nodes(o: str) -> list:
-        src, _ = plan.rescaled[o]
-        a = qp.activations[o]
-        new_inits.append(numpy_helper.from_array(np.array(a.scale, np.float32), f"{o}_scale"))
-        new_inits.append(numpy_helper.from_array(np.array(a.zero_point, np.uint8), f"{o}_zero_point"))
-        rename[o] = f"{o}_dequantized"
-        return [helper.make_node("DequantizeLinear", [f"{src}_quantized", f"{o}_scale", f"{o}_zero_point"],
-                                 [f"{o}_dequantized"], name=f"{o}_DequantizeLinear")]
-
-    quantized = set(plan.activations) | set(plan.shared)
-    graph_inputs = {i.name for i in g.input}
-    graph_out_names = {o.name for o in g.output}
-    for t in plan.activations:
-        if t in graph_inputs:
-            head_nodes += qdq_nodes(t)
-
-    # fold ReLU/Clip: the producer writes the activation's output name directly
-    folded_nodes = set(plan.folded)
-    producer = {o: n for n in g.node for o in n.output}
-    for n in g.node:
-        if n.name in folded_nodes:
-            producer[n.input[0]].output[0] = n.output[0]
-
-    body = []
-    for n in g.node:
-        if n.name in folded_nodes:
-            continue
-        if n.name in plan.rescale_nodes:
-            body += rescaled_nodes(n.output[0])
-            continue
-        for k, i in enumerate(n.input):
-            if i in rename and n.op_type in ("Shape", "Size") and (i in quantized or i in plan.rescaled):
-                # a shape is the same on the uint8 tensor: reading it there spares a DequantizeLinear
-                n.input[k] = f"{plan.rescaled[i][0] if i in plan.rescaled else i}_quantized"
-            elif i in rename:
-                n.input[k] = rename[i]
-        if n.name in bias_input:
-            n.input[2] = bias_input[n.name]
-        body.append(n)
-        for k, o in enumerate(n.output):
-            if o in quantized and o in graph_out_names:
-                # a quantized graph output (a conv's): the node writes a twin, the DequantizeLinear the output
-                s, z = scalar_qparams(o)
-                n.output[k] = f"{o}_prequant"
-                body += [helper.make_node("QuantizeLinear", [n.output[k], s, z], [f"{o}_quantized"],
-                                          name=f"{o}_QuantizeLinear"),
-                         helper.make_node("DequantizeLinear", [f"{o}_quantized", s, z], [o],
-                                          name=f"{o}_DequantizeLinear")]
-            elif o in quantized:
-                body += qdq_nodes(o)
-    nodes = head_nodes + body
-    # a quantized tensor read only through rescaled DequantizeLinears leaves its own DequantizeLinear unread:
-    # drop unread Q/DQ nodes (a dangling DequantizeLinear would make ONNX Runtime transpose layouts for it)
-    outputs = {o.name for o in g.output}
-    while True:
-        read = {i for n in nodes for i in n.input} | outputs
-        dead = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in read for o in n.output)]
-        if not dead:
-            break
-        gone = {id(n) for n in dead}
-        nodes = [n for n in nodes if id(n) not in gone]
-    del g.node[:]
-    g.node.extend(nodes)
-    still_used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name not in removed_inits and i.name in still_used]
-    del g.initializer[:]
-    g.initializer.extend(keep + new_inits)
-    del g.value_info[:]
-    # graph outputs that were renamed by a fold keep their names (the fold writes Y directly)
+    w = _Writer(m, plan, qp)
+    w.weights()
+    body = w.body()
+    w.finish(w.head + body)
 
     def _w(tmp: str) -> None:
         onnx.save(m, tmp)

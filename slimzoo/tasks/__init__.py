@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from ._base import Task
+
+__all__ = ["Task", "check_model_fits", "get_task", "task_of_folder"]
 
 
-def get_task(name: str, **kwargs):
+def get_task(name: str, **kwargs) -> Task:
     """Build a task by name: ``classification``, ``detection`` or ``segmentation``."""
     if name == "classification":
         from .classification import ClassificationTask

@@ -1,10 +1,48 @@
 """What every dataset-backed task shares: loaders, the classes check, calibration images, example inputs."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the task-agnostic algorithms (training, PTQ/QAT calibration, pruning sensitivity, the zoo) need from a
+    task: its data, its loss, its metric and an evaluation of any predictor (a PyTorch module or an ONNX file in a
+    runtime). Classification, detection and segmentation implement it; so can a user's own task."""
+
+    name: str  # "classification", "detection", "segmentation", ...
+    metric: str  # the key of evaluate()'s result that the zoo and the sensitivity analysis read
+    data_root: Path
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def train_loader(self, batch_size: int | None = None) -> DataLoader:
+        """Shuffled, augmented (images, targets) batches."""
+
+    def val_loader(self, limit: int | None = None) -> DataLoader: ...
+
+    def calibration_batches(self, num_images: int, batch_size: int = 32, offset: int = 0) -> Iterator[torch.Tensor]:
+        """Training images with the evaluation transform, for calibration."""
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        """An input of the model's shape (export, tracing, FLOPs)."""
+
+    def loss_fn(self, outputs, targets) -> torch.Tensor:
+        """The training loss of the model's training-mode outputs."""
+
+    def evaluate(self, predict: Callable[[torch.Tensor], torch.Tensor], *, limit: int | None = None,
+                 progress: bool = False) -> dict:
+        """Metrics (percent) of ``predict`` over the validation set (``limit``: its first images); includes
+        ``self.metric`` and ``num_images``."""
 
 
 class SkipBadSamples(Dataset):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import detection as det_data
-from ..models.yolov3 import ANCHOR_MASKS, ANCHORS_608
+from ..models.yolov3 import ANCHOR_MASKS, ANCHORS_608, decode_boxes
 from ._base import DatasetTask
 
 
@@ -41,16 +41,23 @@ def postprocess(decoded: torch.Tensor, *, score_thresh: float = 0.005, iou_thres
     return out
 
 
-def yolo_loss(raw: list[torch.Tensor], targets: list[dict], num_classes: int, *, anchors=ANCHORS_608,
-              anchor_size: int = 608, ignore_thresh: float = 0.7) -> torch.Tensor:
+def yolo_loss(outputs, targets: list[dict], num_classes: int, *, ignore_thresh: float = 0.7) -> torch.Tensor:
     """The YOLOv3 loss: BCE on centre offsets, L1 on log sizes (both weighted 2 - w*h), BCE objectness
     with predictions that already overlap a ground truth by ``ignore_thresh`` left out of the negatives,
-    and BCE classification. Summed over the three scales, averaged over the batch."""
+    and BCE classification. Summed over the three scales, averaged over the batch.
+
+    ``outputs`` is what the head returns in training mode, ``{"maps": raw maps, "anchors": its anchors}`` (a bare
+    list of maps is read with YOLOv3's COCO anchors); boxes are decoded by the head's own
+    :func:`~slimzoo.models.yolov3.decode_boxes`."""
     from torchvision.ops import box_iou
 
+    if isinstance(outputs, dict):
+        raw, anchors = outputs["maps"], outputs["anchors"].detach().float().cpu()
+    else:
+        raw, anchors = outputs, torch.tensor(ANCHORS_608, dtype=torch.float32) / 608
     n = raw[0].shape[0]
     ih, iw = targets[0]["input_size"] if targets else (raw[-1].shape[2] * 8, raw[-1].shape[3] * 8)
-    anchors_px = torch.tensor(anchors, dtype=torch.float32) / anchor_size * torch.tensor([iw, ih])
+    anchors_px = anchors * torch.tensor([iw, ih])
     gts = [(b, t["boxes"].float(), t["labels"]) for b, t in enumerate(targets) if len(t["boxes"])]
     if gts:
         bidx = torch.cat([torch.full((len(bx),), b) for b, bx, _ in gts])
@@ -74,16 +81,9 @@ def yolo_loss(raw: list[torch.Tensor], targets: list[dict], num_classes: int, *,
         if gts:
             # ignore: predicted boxes that already overlap some ground truth well are not negatives
             with torch.no_grad():
-                gy = torch.arange(h).view(1, h, 1)
-                gx = torch.arange(w).view(1, 1, w)
-                a_px = anchors_px[list(mask)].view(3, 1, 1, 2)
+                decoded = decode_boxes(p.detach(), anchors[list(mask)], (ih, iw))
                 for b, bx, _ in gts:
-                    q = p[b].detach()
-                    cx = (q[..., 0].sigmoid() + gx) * sx
-                    cy = (q[..., 1].sigmoid() + gy) * sy
-                    pw = q[..., 2].clamp(max=10).exp() * a_px[..., 0]
-                    ph = q[..., 3].clamp(max=10).exp() * a_px[..., 1]
-                    pb = torch.stack([cx - pw / 2, cy - ph / 2, cx + pw / 2, cy + ph / 2], -1).view(-1, 4)
+                    pb = decoded[b].reshape(-1, 4)
                     noobj[b] &= (box_iou(pb, bx).max(1).values <= ignore_thresh).view(3, h, w)
             sel = torch.nonzero(torch.isin(best, torch.tensor(mask)), as_tuple=True)[0]
             if len(sel):
