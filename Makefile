@@ -25,12 +25,13 @@ report: env
 zoo-smoke: env
 	$(VENV)/bin/slimzoo zoo --out runs/zoo-smoke --profile smoke
 
+# two workers on the two cores, one test file per worker at a time (module fixtures stay in one process)
 test: env browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n 2 --dist loadfile
 
 # the quick tier (under 2 minutes): everything but the tests marked slow (zoo runs, torchrun, SIGKILL, training)
 test-fast: env
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" -n 2 --dist loadfile
 
 # a longer fuzzing run of every reader (make test runs 60 inputs each, derandomized)
 fuzz: env

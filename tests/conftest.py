@@ -1,7 +1,10 @@
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (make test runs two on the two cores), two otherwise
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def in_tmp(tmp_path):
     os.chdir(cwd)
 
 
+@pytest.mark.slow
 def test_readme_byom_commands_and_python_run_as_written(in_tmp):
     import warnings
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from slimzoo.cli import main
 
 
@@ -28,6 +30,7 @@ def test_not_onnx_is_a_clear_error(tmp_path, capsys):
     assert "ONNX Runtime cannot load" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_export_quant_bench_cli(tmp_path, synth_cls, capsys):
     ck = tmp_path / "ck"
     common = ["--data", str(synth_cls), "--image-size", "32", "--batch-size", "16", "--workers", "0"]
@@ -43,6 +46,7 @@ def test_train_export_quant_bench_cli(tmp_path, synth_cls, capsys):
     assert '"top1"' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
     import json
 
@@ -70,6 +74,7 @@ def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
     assert "other weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
     import json
 
@@ -96,6 +101,7 @@ def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
     assert {"bbox_map", "ap50", "voc_map"} <= set(res)
 
 
+@pytest.mark.slow
 def test_segmentation_cli_synth_train_prune_eval(tmp_path, capsys):
     import json
 

@@ -133,7 +133,9 @@ def test_yolov3_models_shapes_and_sizes():
     r = create_model("yolov3_resnet34", num_classes=80, width_mult=0.25)
     x = torch.randn(2, 3, 64, 64)
     assert r.eval()(x).shape == (2, 3 * (8 * 8 + 4 * 4 + 2 * 2), 84)
-    assert [t.shape[1:] for t in r.train()(x)] == [(255, 2, 2), (255, 4, 4), (255, 8, 8)]
+    out = r.train()(x)  # training mode: the raw maps and the head's own anchors, for the loss
+    assert [t.shape[1:] for t in out["maps"]] == [(255, 2, 2), (255, 4, 4), (255, 8, 8)]
+    assert out["anchors"].shape == (9, 2)
     # the backbone keeps the classifier's module names, so a classification checkpoint initialises it
     cls_keys = set(create_model("mobilenet_v1", num_classes=10).state_dict())
     det_keys = {k.removeprefix("backbone.") for k in m.state_dict() if k.startswith("backbone.")}

@@ -12,7 +12,7 @@ import torch
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
-pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+pytestmark = [pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed"), pytest.mark.slow]
 
 
 def _free_port() -> int:

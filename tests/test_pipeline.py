@@ -112,13 +112,23 @@ def test_render_zoo_md_signs_deltas_and_compares_with_the_reference():
     assert "| 1.00x | - / - |" in next(ln for ln in md.splitlines() if ln.startswith("| m | none"))
 
 
-def test_smoke_profile_runs_every_row(tmp_path):
-    out = tmp_path / "smoke"
+@pytest.mark.slow
+def test_smoke_profile_runs_every_row(zoo_run):
+    _, out = zoo_run  # the same profile and folder: the fixture's rows are reused
     Zoo(out, profile_name="smoke", progress=False).run()
     res = json.loads((out / "results.json").read_text())
+    assert res["version"] == 2
     assert {r["id"] for r in res["rows"]} == set(load_recipes())
     by_id = {r["id"]: r for r in res["rows"]}
+    trains_after_root = {"cls-mobilenet_v1-prune30", "cls-mobilenet_v1-prune50", "cls-mobilenet_v1-prune50-quant",
+                         "cls-mobilenet_v1-qat", "cls-mobilenet_v2-qat", "cls-resnet50-qat", "cls-resnet50-prune50",
+                         "seg-fast_scnn-prune48"}
     for r in res["rows"]:
+        # every row that trains after its FP32 root carries the equally trained FP32 control; no other row does
+        assert ("control" in r) == (r["strategy"] in ("prune", "qat") or r["id"] in trains_after_root), r["id"]
+        if "control" in r:
+            c = r["control"]
+            assert c["delta"] == pytest.approx(r["metric"]["value"] - c["value"], abs=1e-3)
         if r["strategy"] in ("quant", "qat") and by_id[r["base"]]["strategy"] == "none":
             # tiny widths: metadata and the float parts (a segmenter's upsampling) weigh more
             assert r["size_mb"] < (0.6 if r["task"] == "segmentation" else 0.45) * by_id[r["base"]]["size_mb"]
@@ -132,6 +142,7 @@ def test_smoke_profile_runs_every_row(tmp_path):
     md = (out / "ZOO.md").read_text()
     assert "<table" in (out / "report.html").read_text()
     assert "quant (QAT)" in md and "| mobilenet_v1 | prune -50% + quant |" in md
+    assert "| vs control |" in md and "(control " in md
 
 
 def test_zoo_takes_your_own_weights_and_settings(tmp_path):
@@ -148,6 +159,13 @@ def test_zoo_takes_your_own_weights_and_settings(tmp_path):
     rows = {r["id"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["cls-mobilenet_v1-none"]["eval_size"] == [48, 48]
     assert not (out / "models" / "cls-mobilenet_v1-none").exists()  # nothing trained: your weights were used
+    # a prune row whose FP32 base is your weights (its model key comes from the weights file, not a checkpoint)
+    assert main(["zoo", "--out", str(out), "--profile", "smoke", "--rows", "cls-mobilenet_v1-prune30",
+                 "--weights", f"cls-mobilenet_v1-none={w}", "--set", "image_size=48",
+                 "--set", "prune.method=uniform"]) == 0
+    rows = {r["id"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["cls-mobilenet_v1-prune30"]["pruning"]["method"] == "uniform"
+    assert "control" in rows["cls-mobilenet_v1-prune30"]
     assert main(["zoo", "--out", str(out), "--weights", "cls-mobilenet_v1-none"]) == 2
 
 

@@ -49,6 +49,7 @@ def rng():
     return random.Random(seed)
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, synth_cls, rng):
     from slimzoo.storage import load_state_dict_file
 
@@ -63,6 +64,7 @@ def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path, synth_cls
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sensitivity_killed_mid_run_keeps_every_finished_point(tmp_path, synth_cls, rng):
     from slimzoo.checkpoint import save_checkpoint
     from slimzoo.models import create_model
@@ -92,6 +94,7 @@ def test_sensitivity_killed_mid_run_keeps_every_finished_point(tmp_path, synth_c
         assert e["points"] == after["layers"][name]["points"][: len(e["points"])]
 
 
+@pytest.mark.slow
 def test_zoo_killed_mid_run_reuses_finished_rows(tmp_path, rng):
     out, ref = tmp_path / "zoo", tmp_path / "ref"
     rows = ["--rows", "cls-mobilenet_v1-none", "cls-mobilenet_v1-quant", "cls-mobilenet_v1-prune50"]
