@@ -100,7 +100,10 @@ def fmt_metric(row: dict, named: bool = False) -> str:
 def fmt_controlled(row: dict) -> str:
     """The change against the equally trained FP32 control, for rows that train after their base; '-' otherwise."""
     c = row.get("control")
-    return f"{signed(c['delta'])} (control {c['value']:.2f}, +{c['epochs']} ep)" if c else "-"
+    if not c:
+        return "-"
+    extra = f"{c['epochs'] * c['max_steps']} steps" if c.get("max_steps") else f"{c['epochs']} ep"
+    return f"{signed(c['delta'])} (control {c['value']:.2f}, +{extra})"
 
 
 def root_of(row: dict, by_id: dict[str, dict]) -> dict:
