@@ -25,9 +25,11 @@ report: env
 zoo-smoke: env
 	$(VENV)/bin/slimzoo zoo --out runs/zoo-smoke --profile smoke
 
-# two workers on the two cores, one test file per worker at a time (module fixtures stay in one process)
+# two workers on the two cores, one test file per worker at a time (module fixtures stay in one process); then the
+# tests marked serial (torchrun's two ranks) alone
 test: env browser
-	$(PY) -m pytest tests -n 2 --dist loadfile
+	$(PY) -m pytest tests -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest tests -m serial
 
 # the quick tier (under 2 minutes): everything but the tests marked slow (zoo runs, torchrun, SIGKILL, training)
 test-fast: env

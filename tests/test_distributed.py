@@ -12,7 +12,10 @@ import torch
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIMZOO_DIST_BACKEND": "gloo"}
-pytestmark = [pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed"), pytest.mark.slow]
+# serial: two torchrun ranks beside another busy pytest worker have aborted at exit (SIGABRT, "terminate called
+# without an active exception") on this 2-core machine; `make test` runs these after the parallel part
+pytestmark = [pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed"), pytest.mark.slow,
+              pytest.mark.serial]
 
 
 def _free_port() -> int:
