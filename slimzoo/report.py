@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from .storage import read_json, write_text
-from .zoo.recipes import load_reference
+from .zoo.recipes import ROW_ID, load_reference
 from .zoo.results import METRIC_LABEL, compare, fmt_controlled, fmt_metric, fmt_ref, label_of
 
 _CSS = """
@@ -225,8 +225,6 @@ def write_report(zoo_dir: str | Path, out: str | Path | None = None) -> Path:
 def check_results(results, where) -> None:
     """The fields the report reads, with their types, so a hand-edited or foreign results.json is refused with
     the row and field at fault instead of a traceback."""
-    import re
-
     from .errors import ConfigError
 
     def need(cond: bool, what: str) -> None:
@@ -243,7 +241,7 @@ def check_results(results, where) -> None:
         need(isinstance(r, dict), f"{at} must be an object")
         for key in ("id", "task", "model", "dataset", "strategy"):
             need(isinstance(r.get(key), str), f"{at}: '{key}' must be a string")
-        need(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r["id"])) and ".." not in r["id"],
+        need(bool(ROW_ID.fullmatch(r["id"])) and ".." not in r["id"],
              f"{at}: id {r['id']!r} is not a row id (letters, digits, '.', '_', '-')")
         m = r.get("metric")
         need(isinstance(m, dict) and isinstance(m.get("name"), str) and number(m.get("value")),
