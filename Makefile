@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/zoo
 PROFILE ?= default
 
-.PHONY: env zoo zoo-smoke test test-fast fuzz browser bench bench-quant bench-prune bench-any bench-prune-any clean report
+.PHONY: env zoo zoo-smoke test test-fast fuzz browser bench bench-quant bench-prune bench-any bench-prune-any bench-det clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,4 +74,8 @@ bench-prune-any: env
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/prune_any_model.py --trained --zoo $(OUT)
 
-bench: bench-quant bench-prune bench-any bench-prune-any
+# how fast the detectors learn: anchors, assignment, lr ablations with per-epoch validation curves
+bench-det: env
+	$(PY) benchmarks/det_convergence.py --zoo $(OUT) --threads 2
+
+bench: bench-quant bench-prune bench-any bench-prune-any bench-det

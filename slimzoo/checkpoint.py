@@ -1,4 +1,6 @@
-"""A trained model on disk: ``model.safetensors`` (plain state_dict) + ``config.json`` (how to rebuild it).
+"""A trained model on disk: ``model.safetensors`` (plain state_dict) + ``config.json`` (how to rebuild it: the
+registered model's name, ``num_classes``, ``width_mult`` and any other factory arguments as ``model_kwargs``, e.g. a
+detector's fitted anchors).
 
 A pruned model's ``config.json`` carries its pruning record (``"pruning"``): loading builds the
 registered model, replays the record, then loads the weights; no pickle anywhere.
@@ -39,6 +41,10 @@ def _check_config(cfg, cfg_path: Path) -> None:
     classes = cfg.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise CheckpointError(f"{cfg_path}: 'classes' must be a list of class names")
+    kw = cfg.get("model_kwargs", {})
+    if not isinstance(kw, dict) or {"num_classes", "width_mult", "weights"} & set(kw):
+        raise CheckpointError(f"{cfg_path}: 'model_kwargs' must be an object of the model factory's other keyword "
+                              f"arguments (e.g. a detector's anchors), got {kw!r}")
     if cfg.get("pruning") is not None and not isinstance(cfg["pruning"], (dict, list)):
         raise CheckpointError(f"{cfg_path}: 'pruning' must be a pruning record (an object)")
 
@@ -72,7 +78,11 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[nn.Module, dict]:
                               "use --model NAME --weights FILE for a bare state_dict")
     cfg = read_json(cfg_path)
     _check_config(cfg, cfg_path)
-    model = create_model(cfg["model"], num_classes=cfg["num_classes"], width_mult=cfg.get("width_mult", 1.0))
+    try:
+        model = create_model(cfg["model"], num_classes=cfg["num_classes"], width_mult=cfg.get("width_mult", 1.0),
+                             **cfg.get("model_kwargs", {}))
+    except TypeError as e:  # a keyword the factory does not take
+        raise CheckpointError(f"{cfg_path}: 'model_kwargs' do not fit model {cfg['model']!r}: {e}") from None
     if cfg.get("pruning"):
         from .prune import replay
 

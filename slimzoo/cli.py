@@ -128,6 +128,14 @@ def cmd_train(args) -> None:
     torch.manual_seed(cfg.seed)
     kwargs = _model_kwargs(getattr(args, "model_kwargs", None))
     kwargs.setdefault("num_classes", task.num_classes)
+    if args.anchors == "kmeans":
+        if task.name != "detection":
+            raise ConfigError("--anchors kmeans: only for detection data (it fits the detector's anchors to the "
+                              "training boxes)")
+        from .tasks.detection import fit_dataset_anchors
+
+        kwargs.update(anchors=fit_dataset_anchors(task), anchor_size=task.image_size)
+        print(f"anchors (w, h at {task.image_size}px), fitted by k-means: {kwargs['anchors']}")
     model = create_model(args.model, weights=args.weights, **kwargs,
                          **({} if ":" in args.model else {"width_mult": args.width_mult}))
     if args.backbone_weights:
@@ -148,8 +156,10 @@ def cmd_train(args) -> None:
     from . import distributed
 
     if distributed.is_main():  # under torchrun, rank 0 writes
+        extra = {k: v for k, v in kwargs.items() if k not in ("num_classes", "width_mult")}
         save_checkpoint(model, out, {"model": args.model, "num_classes": task.num_classes,
-                                     "width_mult": args.width_mult, "image_size": args.image_size,
+                                     "width_mult": args.width_mult, "model_kwargs": extra,
+                                     "image_size": args.image_size,
                                      "classes": task.classes, "data": str(args.data), "train": cfg.to_dict(),
                                      "val_metrics": metrics, "world_size": distributed.world_size()})
         (out / "train_state.pt").unlink(missing_ok=True)
@@ -464,6 +474,9 @@ def _add_train(sub) -> None:
     sp.add_argument("--backbone-weights", help="detector: initialise the backbone from a classifier's state_dict "
                     "file or `slimzoo train` checkpoint folder (same backbone architecture and width)")
     sp.add_argument("--width-mult", type=A.WIDTH_MULT, default=1.0)
+    sp.add_argument("--anchors", choices=["coco", "kmeans"], default=None,
+                    help="detector: YOLOv3's COCO anchors (the model's default) or nine anchors fitted by k-means to "
+                         "the training boxes at --image-size (recorded in the checkpoint)")
     sp.add_argument("--out", required=True, help="checkpoint folder")
     sp.add_argument("--epochs", type=A.EPOCHS, default=10)
     sp.add_argument("--lr", type=A.LR, default=2e-3)

@@ -117,6 +117,35 @@ def _sensitivity_plots(zoo_dir: Path | None, rows: list[dict]) -> str:
     return "".join(out)
 
 
+def _curve_plots(rows: list[dict]) -> str:
+    """One small plot per FP32 baseline: the validation metric after each training epoch (and, for detectors, AP50
+    and AP by object size), so a reader sees whether the baseline has flattened."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    for r in rows:
+        curve = r.get("curve")
+        if not curve:
+            continue
+        fig, ax = plt.subplots(figsize=(3.6, 2.6))
+        epochs = [c["epoch"] for c in curve]
+        ax.plot(epochs, [c["value"] for c in curve], "o-", label=METRIC_LABEL.get(r["metric"]["name"], "metric"))
+        for k in ("ap50", "ap_small", "ap_medium", "ap_large"):
+            if k != r["metric"]["name"] and all(k in c.get("metrics", {}) for c in curve):
+                ax.plot(epochs, [c["metrics"][k] for c in curve], ".--", lw=1, label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{r['model']} / {r['dataset']}", fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.append(_img(_png(fig), f"validation curve of {r['id']}"))
+    return f'<div class="plots">{"".join(out)}</div>' if out else ""
+
+
 def _quant_plots(zoo_dir: Path | None, rows: list[dict]) -> str:
     import matplotlib
 
@@ -185,7 +214,7 @@ def render_report(results: dict, out: str | Path, zoo_dir: str | Path | None = N
         ("python", mi.get("python", "?")), ("torch", mi.get("torch", "?")),
         ("torchvision", mi.get("torchvision", "?")), ("onnxruntime", mi.get("onnxruntime", "?")),
         ("wall time of the run", f"{meta.get('wall_seconds', 0):.0f} s")))
-    sens, quant = _sensitivity_plots(zoo_dir, rows), _quant_plots(zoo_dir, rows)
+    sens, quant, curves = _sensitivity_plots(zoo_dir, rows), _quant_plots(zoo_dir, rows), _curve_plots(rows)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>slimzoo report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
@@ -200,6 +229,7 @@ real datasets, Paddle Lite on ARM phones), copied for comparison of shape, not m
 {_tables(rows, by_id, reference)}
 <h2 id="tradeoffs">Accuracy against latency and size</h2>
 {_tradeoff_plots(rows, by_id)}
+{'<h2 id="curves">Baseline training curves</h2>' + curves if curves else ''}
 {'<h2 id="sensitivity">Pruning sensitivity</h2>' + sens if sens else ''}
 {'<h2 id="quant-layers">Per-layer quantization error</h2>' + quant if quant else ''}
 <h2 id="environment">Environment</h2>
@@ -251,3 +281,6 @@ def check_results(results, where) -> None:
         need(isinstance(lat, dict) and all(str(k).isdigit() and number(v) for k, v in lat.items()),
              f"{at}: 'latency_ms' must map thread counts to milliseconds")
         need(number(r.get("size_mb")), f"{at}: 'size_mb' must be a number")
+        curve = r.get("curve", [])
+        need(isinstance(curve, list) and all(isinstance(c, dict) and number(c.get("epoch")) and number(c.get("value"))
+                                             for c in curve), f"{at}: 'curve' must be a list of {{epoch, value}}")

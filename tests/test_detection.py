@@ -202,3 +202,64 @@ def test_classifier_checkpoint_initialises_the_detector_backbone():
     torch.testing.assert_close(det.backbone.features[3].pw[0].weight, cls.features[3].pw[0].weight)
     with pytest.raises(ConfigError, match="no tensor"):
         load_backbone(det, create_model("resnet34", num_classes=10).state_dict())
+
+
+def test_kmeans_anchors_recover_the_box_shapes_and_are_deterministic():
+    from slimzoo.data.detection import kmeans_anchors
+
+    rng = np.random.default_rng(0)
+    shapes = np.array([[8, 8], [12, 24], [24, 12], [20, 20], [30, 60], [60, 30], [40, 40], [80, 80], [100, 50]])
+    wh = np.concatenate([s * rng.uniform(0.95, 1.05, (60, 2)) for s in shapes])
+    a = kmeans_anchors(wh, 9)
+    assert (np.diff(a.prod(1)) >= 0).all()  # smallest area first: the stride-8 scale takes the first three
+    np.testing.assert_allclose(sorted(map(tuple, a.round())), sorted(map(tuple, shapes.astype(float))), rtol=0.06)
+    np.testing.assert_array_equal(a, kmeans_anchors(wh, 9))
+    with pytest.raises(DataError, match="too few to fit 9 anchors"):
+        kmeans_anchors(wh[:5], 9)
+
+
+def test_fitted_anchors_travel_with_the_checkpoint_and_the_onnx_file(det_data, tmp_path):
+    from slimzoo.checkpoint import load_checkpoint, save_checkpoint
+    from slimzoo.errors import CheckpointError
+    from slimzoo.export import export_onnx
+    from slimzoo.runtime import OnnxPredictor
+    from slimzoo.tasks.detection import fit_dataset_anchors
+
+    task = get_task("detection", data_root=det_data["coco"], image_size=64, num_workers=0)
+    anchors = fit_dataset_anchors(task)
+    assert len(anchors) == 9 and all(0 < w <= 64 and 0 < h <= 64 for w, h in anchors)
+    kw = {"anchors": anchors, "anchor_size": 64}
+    model = create_model("yolov3_mobilenet_v1", num_classes=6, width_mult=0.25, **kw).eval()
+    torch.testing.assert_close(model.anchors * 64, torch.tensor(anchors))
+    save_checkpoint(model, tmp_path / "ck", {"model": "yolov3_mobilenet_v1", "num_classes": 6, "width_mult": 0.25,
+                                             "model_kwargs": kw})
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    x = task.example_inputs(2)
+    torch.testing.assert_close(loaded(x), model(x))  # the decoding uses the fitted anchors, not COCO's
+    coco = create_model("yolov3_mobilenet_v1", num_classes=6, width_mult=0.25).eval()
+    coco.load_state_dict(model.state_dict())
+    assert not torch.allclose(coco(x), model(x))
+    torch.testing.assert_close(OnnxPredictor(export_onnx(loaded, tmp_path / "m.onnx", x))(x), model(x),
+                               atol=1e-4, rtol=1e-3)
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({"model": "yolov3_mobilenet_v1", "num_classes": 6,
+                                                              "model_kwargs": {"anchorz": anchors}}))
+    with pytest.raises(CheckpointError, match="'model_kwargs' do not fit model 'yolov3_mobilenet_v1'"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_yolo_loss_extra_positives_and_loss_terms(det_data):
+    from slimzoo.tasks.detection import yolo_loss
+
+    task = get_task("detection", data_root=det_data["coco"], image_size=64, batch_size=4, num_workers=0)
+    torch.manual_seed(0)
+    model = create_model("yolov3_mobilenet_v1", num_classes=task.num_classes, width_mult=0.25).train()
+    images, targets = next(iter(task.val_loader()))
+    out = model(images)
+    terms, more = {}, {}
+    one = yolo_loss(out, targets, task.num_classes, terms=terms)
+    assert set(terms) == {"obj", "noobj", "xy", "wh", "cls"}
+    assert sum(terms.values()) == pytest.approx(one.item(), rel=1e-4)  # the terms add up to the loss
+    yolo_loss(out, targets, task.num_classes, anchor_thresh=0.2, terms=more)
+    assert more["obj"] > terms["obj"]  # more anchors answer for each object: more positive objectness terms
+    task.loss_fn(out, targets)
+    assert task.loss_terms["steps"] == 1 and set(task.loss_terms) >= {"obj", "noobj"}

@@ -117,7 +117,7 @@ def test_smoke_profile_runs_every_row(zoo_run):
     _, out = zoo_run  # the same profile and folder: the fixture's rows are reused
     Zoo(out, profile_name="smoke", progress=False).run()
     res = json.loads((out / "results.json").read_text())
-    assert res["version"] == 2
+    assert res["version"] == 3
     assert {r["id"] for r in res["rows"]} == set(load_recipes())
     by_id = {r["id"]: r for r in res["rows"]}
     trains_after_root = {"cls-mobilenet_v1-prune30", "cls-mobilenet_v1-prune50", "cls-mobilenet_v1-prune50-quant",
@@ -139,8 +139,16 @@ def test_smoke_profile_runs_every_row(zoo_run):
             target = r["pruning"]["target_flops_reduction"]
             assert abs(reached - target) <= 0.021 or "target_missed_by" in r["pruning"], r["pruning"]
             assert r["size_mb"] < by_id[r["base"]]["size_mb"]
+    for r in res["rows"]:  # every FP32 row the zoo trained carries its validation curve, one point per epoch
+        if r["strategy"] == "none":
+            curve = r["curve"]
+            assert [c["epoch"] for c in curve] == list(range(1, len(curve) + 1)) and curve
+            assert all(0 <= c["value"] <= 100 for c in curve)
+            if r["task"] == "detection":
+                assert set(curve[-1]["loss_terms"]) >= {"obj", "noobj"} and "ap50" in curve[-1]["metrics"]
     md = (out / "ZOO.md").read_text()
-    assert "<table" in (out / "report.html").read_text()
+    assert "## Baseline training curves" in md
+    assert "<table" in (out / "report.html").read_text() and 'id="curves"' in (out / "report.html").read_text()
     assert "quant (QAT)" in md and "| mobilenet_v1 | prune -50% + quant |" in md
     assert "| vs control |" in md and "(control " in md
 

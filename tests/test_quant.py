@@ -173,18 +173,12 @@ def test_per_layer_analysis_and_accuracy_aware(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_qat_onnx_agrees_with_fake_quant_model(tmp_path, synth_cls):
+def test_qat_onnx_agrees_with_fake_quant_model(tmp_path, trained_classifier):
     """The INT8 file written from QAT predicts like the PyTorch fake-quant model (>= 99% agreement)."""
     from slimzoo.quant.qat import QATConfig, quantize_aware_train
     from slimzoo.runtime import ort_session
-    from slimzoo.tasks import get_task
-    from slimzoo.training import TrainConfig, fit
 
-    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
-    torch.manual_seed(0)
-    model = slimzoo.create_model("mobilenet_v2", num_classes=task.num_classes, width_mult=0.25)
-    model = fit(model, task.train_loader(), task.loss_fn, TrainConfig(epochs=2, channels_last=False),
-                progress=False)
+    task, model = trained_classifier
     path, qmod = quantize_aware_train(model, task.example_inputs(), task.train_loader(), task.loss_fn,
                                       task.calibration_batches(32), tmp_path / "qat.onnx",
                                       QATConfig(epochs=1, lr=1e-3, max_steps=4, freeze_ranges_at=0.5),
@@ -323,19 +317,13 @@ def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
 
 
-def test_qat_learned_ranges_move_keep_relu_zero_and_export_faithfully(tmp_path, synth_cls):
+def test_qat_learned_ranges_move_keep_relu_zero_and_export_faithfully(tmp_path, trained_classifier):
     """LSQ+ ranges: trained by gradient (they move), ranges starting at 0 keep 0 (a folded ReLU still
     clamps), and the INT8 file agrees with the fake-quant module."""
     from slimzoo.quant.qat import QATConfig, quantize_aware_train
     from slimzoo.runtime import ort_session
-    from slimzoo.tasks import get_task
-    from slimzoo.training import TrainConfig, fit
 
-    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
-    torch.manual_seed(0)
-    model = slimzoo.create_model("mobilenet_v2", num_classes=task.num_classes, width_mult=0.25)
-    model = fit(model, task.train_loader(), task.loss_fn, TrainConfig(epochs=1, channels_last=False),
-                progress=False).eval()
+    task, model = trained_classifier
     cfg = QATConfig(epochs=1, lr=1e-4, max_steps=4, learn_ranges=True, range_lr=1e-2)
     from slimzoo.quant.qat import prepare_qat
 

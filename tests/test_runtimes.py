@@ -5,19 +5,12 @@ import torch
 pytest.importorskip("openvino")
 
 
-def test_openvino_and_onnxruntime_agree_on_int8_predictions(tmp_path, synth_cls):
+def test_openvino_and_onnxruntime_agree_on_int8_predictions(tmp_path, trained_classifier):
     from slimzoo.bench import benchmark_latency
-    from slimzoo.models import create_model
     from slimzoo.quant import quantize
     from slimzoo.runtime import OnnxPredictor, OpenVinoPredictor, onnx_predictor
-    from slimzoo.tasks import get_task
-    from slimzoo.training import TrainConfig, fit
 
-    task = get_task("classification", data_root=synth_cls, image_size=32, batch_size=16, num_workers=0)
-    torch.manual_seed(0)
-    model = create_model("mobilenet_v1", num_classes=task.num_classes, width_mult=0.5)
-    model = fit(model, task.train_loader(), task.loss_fn, TrainConfig(epochs=3, batch_size=16, lr=5e-3),
-                progress=False)
+    task, model = trained_classifier
     int8 = quantize(model, task.example_inputs(), task.calibration_batches(32, 16), tmp_path / "q.onnx")
     ort, ov = OnnxPredictor(int8), OpenVinoPredictor(int8)
     agree = total = 0

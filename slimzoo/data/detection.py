@@ -275,3 +275,48 @@ def collate(batch):
     """Stack images (all the same size after the transforms); keep targets as a list of dicts."""
     images, targets = zip(*batch, strict=True)
     return torch.stack(images), list(targets)
+
+
+def box_sizes(samples: list[DetSample], image_size: int) -> np.ndarray:
+    """``[K, 2]`` widths and heights of every box of ``samples`` after the square resize to ``image_size``."""
+    wh = [s.boxes[:, 2:] - s.boxes[:, :2] for s in samples if len(s.boxes)]
+    scale = [np.tile([[image_size / s.width, image_size / s.height]], (len(s.boxes), 1)) for s in samples
+             if len(s.boxes)]
+    if not wh:
+        return np.zeros((0, 2), np.float64)
+    return np.concatenate(wh).astype(np.float64) * np.concatenate(scale)
+
+
+def kmeans_anchors(wh: np.ndarray, k: int = 9, *, iters: int = 300, restarts: int = 10, seed: int = 0) -> np.ndarray:
+    """``k`` anchors (w, h), smallest area first, from k-means on box sizes with 1 - IoU as the distance (boxes and
+    anchors share a centre), as YOLOv2/v3 fitted theirs to COCO; k-means++ seeding, the best of ``restarts`` runs
+    (highest mean IoU of each box with its nearest anchor), deterministic in ``seed``."""
+    from ..errors import DataError
+
+    wh = np.asarray(wh, np.float64).reshape(-1, 2)
+    wh = wh[(wh > 0).all(1)]
+    if len(wh) < k:
+        raise DataError(f"{len(wh)} boxes are too few to fit {k} anchors; give the anchors instead")
+
+    def iou(boxes, anchors):
+        inter = np.minimum(boxes[:, None], anchors[None]).prod(-1)
+        return inter / (boxes.prod(-1)[:, None] + anchors.prod(-1)[None] - inter)
+
+    rng = np.random.default_rng(seed)
+    best, best_fit = None, -1.0
+    for _ in range(restarts):
+        centres = wh[[rng.integers(len(wh))]]
+        while len(centres) < k:  # k-means++: next centre drawn in proportion to its distance from the nearest one
+            d = 1 - iou(wh, centres).max(1)
+            centres = np.concatenate([centres, wh[[rng.choice(len(wh), p=d / d.sum())]]]) if d.sum() > 0 else \
+                np.concatenate([centres, centres[:1]])
+        for _ in range(iters):
+            assign = iou(wh, centres).argmax(1)
+            new = np.array([np.median(wh[assign == j], 0) if (assign == j).any() else centres[j] for j in range(k)])
+            if np.allclose(new, centres):
+                break
+            centres = new
+        fit = float(iou(wh, centres).max(1).mean())
+        if fit > best_fit:
+            best, best_fit = centres, fit
+    return best[np.argsort(best.prod(1), kind="stable")]

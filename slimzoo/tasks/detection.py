@@ -41,14 +41,17 @@ def postprocess(decoded: torch.Tensor, *, score_thresh: float = 0.005, iou_thres
     return out
 
 
-def yolo_loss(outputs, targets: list[dict], num_classes: int, *, ignore_thresh: float = 0.7) -> torch.Tensor:
+def yolo_loss(outputs, targets: list[dict], num_classes: int, *, ignore_thresh: float = 0.7,
+              anchor_thresh: float | None = None, terms: dict | None = None) -> torch.Tensor:
     """The YOLOv3 loss: BCE on centre offsets, L1 on log sizes (both weighted 2 - w*h), BCE objectness
     with predictions that already overlap a ground truth by ``ignore_thresh`` left out of the negatives,
     and BCE classification. Summed over the three scales, averaged over the batch.
 
     ``outputs`` is what the head returns in training mode, ``{"maps": raw maps, "anchors": its anchors}`` (a bare
     list of maps is read with YOLOv3's COCO anchors); boxes are decoded by the head's own
-    :func:`~slimzoo.models.yolov3.decode_boxes`."""
+    :func:`~slimzoo.models.yolov3.decode_boxes`. Each ground truth is assigned to the anchor whose shape fits it best
+    (YOLOv3); with ``anchor_thresh`` also to every other anchor it overlaps by more than that (shapes compared at a
+    common centre, as YOLOv4 does). ``terms``: a dict in which the per-image loss terms are accumulated."""
     from torchvision.ops import box_iou
 
     if isinstance(outputs, dict):
@@ -66,7 +69,11 @@ def yolo_loss(outputs, targets: list[dict], num_classes: int, *, ignore_thresh: 
         wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)
         ctr = (boxes[:, :2] + boxes[:, 2:]) / 2
         inter = torch.min(wh[:, None], anchors_px[None]).prod(-1)
-        best = (inter / (wh.prod(-1)[:, None] + anchors_px.prod(-1)[None] - inter)).argmax(1)
+        shape_iou = inter / (wh.prod(-1)[:, None] + anchors_px.prod(-1)[None] - inter)
+        match = F.one_hot(shape_iou.argmax(1), len(anchors_px)).bool()
+        if anchor_thresh is not None:
+            match |= shape_iou > anchor_thresh
+        gt_i, best = torch.nonzero(match, as_tuple=True)  # (ground truth, anchor) pairs
     total = raw[0].new_zeros(())
     for p, mask in zip(raw, ANCHOR_MASKS, strict=True):
         _, _, h, w = p.shape
@@ -85,33 +92,39 @@ def yolo_loss(outputs, targets: list[dict], num_classes: int, *, ignore_thresh: 
                 for b, bx, _ in gts:
                     pb = decoded[b].reshape(-1, 4)
                     noobj[b] &= (box_iou(pb, bx).max(1).values <= ignore_thresh).view(3, h, w)
-            sel = torch.nonzero(torch.isin(best, torch.tensor(mask)), as_tuple=True)[0]
-            if len(sel):
-                a = torch.tensor([mask.index(int(k)) for k in best[sel]])
+            pair = torch.nonzero(torch.isin(best, torch.tensor(mask)), as_tuple=True)[0]
+            if len(pair):
+                sel = gt_i[pair]
+                a = torch.tensor([mask.index(int(k)) for k in best[pair]])
                 gi = (ctr[sel, 0] / sx).long().clamp(0, w - 1)
                 gj = (ctr[sel, 1] / sy).long().clamp(0, h - 1)
                 bb = bidx[sel]
                 pos[bb, a, gj, gi] = True
                 noobj[bb, a, gj, gi] = False
                 txy[bb, a, gj, gi] = torch.stack([ctr[sel, 0] / sx - gi, ctr[sel, 1] / sy - gj], -1).clamp(0, 1)
-                twh[bb, a, gj, gi] = torch.log(wh[sel] / anchors_px[best[sel]])
+                twh[bb, a, gj, gi] = torch.log(wh[sel] / anchors_px[best[pair]])
                 tscale[bb, a, gj, gi] = 2.0 - wh[sel].prod(-1) / (iw * ih)
                 tcls[bb, a, gj, gi] = F.one_hot(labels[sel], num_classes).float()
         obj = p[..., 4]
-        loss_obj = (F.binary_cross_entropy_with_logits(obj[pos], torch.ones_like(obj[pos]), reduction="sum")
-                    + F.binary_cross_entropy_with_logits(obj[noobj], torch.zeros_like(obj[noobj]), reduction="sum"))
-        total = total + loss_obj
+        parts = {"obj": F.binary_cross_entropy_with_logits(obj[pos], torch.ones_like(obj[pos]), reduction="sum"),
+                 "noobj": F.binary_cross_entropy_with_logits(obj[noobj], torch.zeros_like(obj[noobj]),
+                                                             reduction="sum")}
         if pos.any():
             ps, sc = p[pos], tscale[pos][:, None]
-            total = total + (F.binary_cross_entropy_with_logits(ps[:, :2], txy[pos], reduction="none") * sc).sum()
-            total = total + ((ps[:, 2:4] - twh[pos]).abs() * sc).sum()
-            total = total + F.binary_cross_entropy_with_logits(ps[:, 5:], tcls[pos], reduction="sum")
+            parts["xy"] = (F.binary_cross_entropy_with_logits(ps[:, :2], txy[pos], reduction="none") * sc).sum()
+            parts["wh"] = ((ps[:, 2:4] - twh[pos]).abs() * sc).sum()
+            parts["cls"] = F.binary_cross_entropy_with_logits(ps[:, 5:], tcls[pos], reduction="sum")
+        for k, v in parts.items():
+            total = total + v
+            if terms is not None:
+                terms[k] = terms.get(k, 0.0) + float(v.detach()) / max(1, n)
     return total / max(1, n)
 
 
 def coco_map(gt: dict, detections: list[dict]) -> dict:
-    """COCO box AP@[.5:.95], AP50 and AP75 (percent) of ``detections`` against the COCO-style ``gt`` dict,
-    computed by pycocotools. ``detections``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``."""
+    """COCO box AP@[.5:.95], AP50, AP75 and AP by object area (small < 32x32 <= medium < 96x96 <= large, in the
+    annotated image's pixels; only the bands that hold objects), in percent, of ``detections`` against the
+    COCO-style ``gt`` dict, computed by pycocotools. ``detections``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -126,8 +139,12 @@ def coco_map(gt: dict, detections: list[dict]) -> dict:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {"bbox_map": 100 * max(0.0, float(ev.stats[0])), "ap50": 100 * max(0.0, float(ev.stats[1])),
-            "ap75": 100 * max(0.0, float(ev.stats[2]))}
+    out = {"bbox_map": 100 * max(0.0, float(ev.stats[0])), "ap50": 100 * max(0.0, float(ev.stats[1])),
+           "ap75": 100 * max(0.0, float(ev.stats[2]))}
+    for k, name in ((3, "ap_small"), (4, "ap_medium"), (5, "ap_large")):  # COCO's area bands; -1: none of that size
+        if ev.stats[k] >= 0:
+            out[name] = 100 * float(ev.stats[k])
+    return out
 
 
 def voc_map(gt: list[dict], dets: list[dict], num_classes: int, iou_thresh: float = 0.5) -> float:
@@ -180,6 +197,14 @@ def voc_map(gt: list[dict], dets: list[dict], num_classes: int, iou_thresh: floa
     return 100 * float(np.mean(aps)) if aps else 0.0
 
 
+def fit_dataset_anchors(task: DetectionTask, k: int = 9) -> list[list[float]]:
+    """``k`` anchors (w, h in pixels at ``task.image_size``, rounded to 0.1) fitted by k-means to the training boxes,
+    smallest first: the head's three scales take three each, smallest at stride 8."""
+    samples, _, _ = det_data.load_detection(task.data_root, "train", task.format)
+    anchors = det_data.kmeans_anchors(det_data.box_sizes(samples, task.image_size), k)
+    return [[round(float(w), 1), round(float(h), 1)] for w, h in anchors]
+
+
 @dataclass
 class DetectionTask(DatasetTask):
     """A COCO- or VOC-format detection dataset at one square input size; ``evaluate`` takes any predictor."""
@@ -193,6 +218,8 @@ class DetectionTask(DatasetTask):
     nms_iou: float = 0.45
     skip_bad_samples: bool = False
     name: str = field(default="detection", init=False)
+    anchor_thresh: float | None = 0.3  # extra positives: anchors whose shape IoU with a box exceeds it (see yolo_loss)
+    loss_terms: dict = field(default_factory=dict, init=False, repr=False)  # summed per-image terms, and "steps"
     collate_fn = staticmethod(det_data.collate)
 
     def __post_init__(self):
@@ -215,7 +242,8 @@ class DetectionTask(DatasetTask):
         return self._val
 
     def loss_fn(self, outputs: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
-        return yolo_loss(outputs, targets, self.num_classes)
+        self.loss_terms["steps"] = self.loss_terms.get("steps", 0) + 1
+        return yolo_loss(outputs, targets, self.num_classes, anchor_thresh=self.anchor_thresh, terms=self.loss_terms)
 
     @torch.no_grad()
     def evaluate(self, predict: Callable[[torch.Tensor], torch.Tensor], *, limit: int | None = None,

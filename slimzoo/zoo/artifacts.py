@@ -31,7 +31,7 @@ class ModelStore:
             return config_hash({"weights": self.weights_identity(row_id), "model": r["model"],
                                 "width_mult": r.get("width_mult", 1.0)})
         return config_hash({k: r.get(k) for k in ("model", "dataset", "train", "image_size", "width_mult")}
-                           | ({"backbone_from": r["backbone_from"]} if r.get("backbone_from") else {})
+                           | {k: r[k] for k in ("backbone_from", "anchors") if r.get(k)}
                            | {"data": str(self.dataset_root(r["dataset"]))})
 
     def weights_identity(self, row_id: str) -> list:
@@ -42,6 +42,25 @@ class ModelStore:
             raise ConfigError(f"{p}: weights file not found (from --weights {row_id}=...)")
         st = p.stat()
         return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+
+    def model_kwargs(self, row_id: str, task) -> dict:
+        """The model factory's arguments beyond classes and width, from the row's FP32 root: a detector's ``anchors``
+        ("kmeans": fitted to the training boxes at the row's resolution, deterministic; "coco": YOLOv3's own; or a
+        list of nine (w, h) pixel pairs at the row's resolution)."""
+        r = self.recipe(self.root_row(row_id))
+        anchors = r.get("anchors")
+        if anchors in (None, "coco"):
+            return {}
+        if anchors == "kmeans":
+            from ..tasks.detection import fit_dataset_anchors
+
+            anchors = fit_dataset_anchors(task)
+        elif not (isinstance(anchors, list) and len(anchors) == 9 and all(
+                isinstance(a, list) and len(a) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in a)
+                for a in anchors)):
+            raise ConfigError(f"{r.get('_file', r['id'])}: anchors must be 'coco', 'kmeans' or nine [w, h] pairs "
+                              f"of positive pixel sizes at image_size {r['image_size']}, got {anchors!r}")
+        return {"anchors": anchors, "anchor_size": r["image_size"]}
 
     def _stored(self, row_id: str, key: str):
         from ..checkpoint import load_checkpoint
@@ -63,7 +82,8 @@ class ModelStore:
             from ..storage import load_weights
 
             src = Path(self.weights[row_id])
-            model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0))
+            model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0),
+                                 **self.model_kwargs(row_id, task))
             load_weights(model, src / "model.safetensors" if src.is_dir() else src)
             print(f"[{row_id}] using your weights {src}", flush=True)
             return model.eval(), task
@@ -72,7 +92,10 @@ class ModelStore:
             return stored, task
         tcfg = TrainConfig.from_dict(r.get("train"))
         torch.manual_seed(tcfg.seed)
-        model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0))
+        kwargs = self.model_kwargs(row_id, task)
+        model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0), **kwargs)
+        if kwargs.get("anchors"):
+            print(f"[{row_id}] anchors (w, h at {r['image_size']}px): {kwargs['anchors']}", flush=True)
         if r.get("backbone_from"):  # e.g. a detector's backbone from the zoo's trained classifier
             from ..models import load_backbone
 
@@ -80,14 +103,25 @@ class ModelStore:
             print(f"[{row_id}] backbone initialised from {r['backbone_from']} ({n} tensors)", flush=True)
         ckpt = self.out / "models" / row_id
         state = ckpt / f"train_state-{key}.pt"
+        curve_file = ckpt / f"curve-{key}.json"
+        curve = read_json(curve_file) if curve_file.is_file() and state.is_file() else []  # kept when resuming
+
+        def on_epoch_end(epoch: int, m) -> None:  # the validation curve: has the baseline flattened?
+            with self.stage("curve"):
+                curve[:] = [c for c in curve if c["epoch"] <= epoch] + [curve_point(epoch, m, task)]
+            write_json(curve_file, curve)
+            print(f"[{row_id}] epoch {epoch + 1}: {task.metric} {curve[-1]['value']:.2f}", flush=True)
+
         print(f"[{row_id}] training {r['model']} on {r['dataset']} for {tcfg.epochs} epochs", flush=True)
         with self.stage("train"):
             model = fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, state_path=state,
-                        progress=self.progress)
+                        progress=self.progress, on_epoch_end=on_epoch_end)
         save_checkpoint(model, ckpt, {"model": r["model"], "num_classes": task.num_classes,
-                                      "width_mult": r.get("width_mult", 1.0), "image_size": r["image_size"],
-                                      "classes": task.classes, "train": tcfg.to_dict(), "key": key})
+                                      "width_mult": r.get("width_mult", 1.0), "model_kwargs": kwargs,
+                                      "image_size": r["image_size"], "classes": task.classes, "train": tcfg.to_dict(),
+                                      "key": key, "curve": curve})
         state.unlink(missing_ok=True)
+        curve_file.unlink(missing_ok=True)
         return model.eval(), task
 
     def pruned(self, row_id: str):
@@ -111,7 +145,8 @@ class ModelStore:
                 base_model, task, pcfg, tcfg, self.out / "models" / row_id, sensitivity_path=sens_path,
                 state_name=f"finetune_state-{key}.pt", progress=self.progress, log_prefix=f"[{row_id}] ",
                 config={"model": r["model"], "num_classes": task.num_classes, "width_mult": r.get("width_mult", 1.0),
-                        "image_size": r["image_size"], "classes": task.classes, "key": key})
+                        "model_kwargs": self.model_kwargs(row_id, task), "image_size": r["image_size"],
+                        "classes": task.classes, "key": key})
         return model.eval(), task
 
     def model_of(self, row_id: str):
@@ -150,3 +185,24 @@ class ModelStore:
         out = {"value": round(value, 3), "epochs": tcfg.epochs, "lr": tcfg.lr, "max_steps": max_steps, "key": key}
         write_json(result, out)
         return out
+
+
+def curve_point(epoch: int, model, task) -> dict:
+    """One point of a baseline's validation curve: the task's metrics of the PyTorch model after ``epoch`` (0-based),
+    and the mean loss terms of the epoch where the task's loss records them (the detector's)."""
+    from ..runtime import TorchPredictor
+
+    was_training = model.training
+    model.eval()
+    try:
+        metrics = task.evaluate(TorchPredictor(model, str(next(model.parameters()).device)))
+    finally:
+        model.train(was_training)
+    point = {"epoch": epoch + 1, "value": round(metrics[task.metric], 3),
+             "metrics": {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}}
+    terms = getattr(task, "loss_terms", None)
+    if terms:
+        steps = max(1, terms.pop("steps", 1))
+        point["loss_terms"] = {k: round(v / steps, 4) for k, v in terms.items()}
+        terms.clear()
+    return point

@@ -19,10 +19,11 @@ from ..errors import ConfigError
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 STRATEGIES = ("none", "quant", "qat", "prune")
 ROW_KEYS = {"id", "task", "model", "dataset", "strategy", "base", "train", "quant", "qat", "prune", "finetune",
-            "image_size", "bench_size", "num_classes", "description", "backbone_from", "analyze_layers"}
+            "image_size", "bench_size", "num_classes", "description", "backbone_from", "analyze_layers", "anchors"}
 ROW_TYPES = {"base": (str,), "train": (dict,), "quant": (dict,), "qat": (dict,), "prune": (dict,),
              "finetune": (dict,), "image_size": (int,), "bench_size": (int,), "num_classes": (int,),
-             "description": (str,), "backbone_from": (str,), "analyze_layers": (bool, int), "profiles": (dict,)}
+             "description": (str,), "backbone_from": (str,), "analyze_layers": (bool, int), "profiles": (dict,),
+             "anchors": (str, list)}
 FIXED_KEYS = {"id", "task", "strategy", "base"}  # a profile or --set cannot change what a row is
 ROW_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a row id names files under OUT: no separators, no '..'
 SECTIONS = {"train": "TrainConfig", "finetune": "TrainConfig", "quant": "PTQConfig", "qat": "QATConfig",

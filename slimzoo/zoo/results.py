@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-RESULTS_VERSION = 2  # 2: rows gain "control" (the equally trained FP32 control) and results.json a version
+from .tables import curve_table, time_table
+
+RESULTS_VERSION = 3  # 2: rows gain "control" (the equally trained FP32 control) and results.json a version;
+# 3: FP32 rows gain "curve" (validation after every training epoch)
 STRATEGY_ORDER = ("none", "quant", "qat", "prune")
 METRIC_LABEL = {"top1": "Top-1 (%)", "bbox_map": "Box mAP (%)", "voc_map": "VOC mAP@0.5 (%)", "miou": "mIoU (%)"}
 STRATEGY_LABEL = {"none": "none", "quant": "quant (PTQ)", "qat": "quant (QAT)"}
-STAGES = ("data", "train", "prune", "qat", "control", "quantize", "layer_analysis", "export", "evaluate", "benchmark")
 
 
 class Metric(TypedDict):
@@ -26,6 +28,13 @@ class Control(TypedDict):
     key: str
 
 
+class CurvePoint(TypedDict, total=False):
+    epoch: int  # 1-based
+    value: float  # the row's metric (PyTorch model, whole validation set)
+    metrics: dict[str, float]  # everything else evaluate() returned (detectors: AP50, AP by object size, VOC mAP)
+    loss_terms: dict[str, float]  # detectors: mean per-image loss terms of the epoch (obj, noobj, xy, wh, cls)
+
+
 class ResultRow(TypedDict, total=False):
     """One row of ``results.json`` (``rows``), as the runner writes it and the renderers read it."""
 
@@ -38,6 +47,7 @@ class ResultRow(TypedDict, total=False):
     metric: Metric
     metrics: dict  # everything the task's evaluate() returned
     control: Control  # rows that train after their FP32 root (pruning's fine-tuning, QAT)
+    curve: list[CurvePoint]  # FP32 rows trained by the zoo: the PyTorch model on the validation set after each epoch
     size_mb: float
     latency_ms: dict[str, float]  # thread count -> median ms (ONNX Runtime)
     latency_p90_ms: dict[str, float]
@@ -195,29 +205,8 @@ def render_zoo_md(rows: list[dict], meta: dict, reference: dict[str, dict] | Non
         lines += [f"## {task.capitalize()}", "", *_header(metric, has_ov, has_gpu)]
         lines += [_line(r, by_id, reference, len(names) > 1, has_ov, has_gpu) for r in mine]
         lines.append("")
+    lines += curve_table(rows)
     lines.append(f"Wall time of this run: {meta.get('wall_seconds', 0):.0f} s (rows reused from earlier runs "
                  "count their own time in results.json).")
     lines += time_table(rows)
     return "\n".join(lines) + "\n"
-
-
-def time_table(rows: list[dict]) -> list[str]:
-    """Seconds per task and stage, summed over the rows' own computation (``stage_seconds``)."""
-    timed = [r for r in rows if r.get("stage_seconds")]
-    if not timed:
-        return []
-    stages = [s for s in STAGES if any(s in r["stage_seconds"] for r in timed)]
-    lines = ["", "### Where the time went (seconds, as each row was computed)", "",
-             "| Task | Rows | " + " | ".join(s.replace("_", " ") for s in stages) + " | Row total |",
-             "|---|---|" + "---|" * len(stages) + "---|"]
-    total = {s: 0.0 for s in stages}
-    for task in dict.fromkeys(r["task"] for r in timed):
-        mine = [r for r in timed if r["task"] == task]
-        per = {s: sum(r["stage_seconds"].get(s, 0.0) for r in mine) for s in stages}
-        for s in stages:
-            total[s] += per[s]
-        lines.append(f"| {task} | {len(mine)} | " + " | ".join(f"{per[s]:.0f}" for s in stages)
-                     + f" | {sum(r['seconds'] for r in mine):.0f} |")
-    lines.append(f"| all | {len(timed)} | " + " | ".join(f"{total[s]:.0f}" for s in stages)
-                 + f" | {sum(r['seconds'] for r in timed):.0f} |")
-    return lines

@@ -49,7 +49,14 @@ class Export:
         model, task = runner.model_of(r["id"])
         with runner.stage("export"):
             path = export_onnx(model, row_dir / "model_fp32.onnx", task.example_inputs())
-        return Produced(path, model, task, {})
+        extra = {}
+        cfg_file = runner.out / "models" / r["id"] / "config.json"
+        if r["strategy"] == "none" and r["id"] not in getattr(runner, "weights", {}) and cfg_file.is_file():
+            from ..storage import read_json
+
+            if curve := read_json(cfg_file).get("curve"):  # the baseline's validation curve, epoch by epoch
+                extra["curve"] = curve
+        return Produced(path, model, task, extra)
 
     def extra_training(self, r: dict):
         if r["strategy"] != "prune":
