@@ -218,7 +218,7 @@ class DetectionTask(DatasetTask):
     nms_iou: float = 0.45
     skip_bad_samples: bool = False
     name: str = field(default="detection", init=False)
-    anchor_thresh: float | None = 0.3  # extra positives: anchors whose shape IoU with a box exceeds it (see yolo_loss)
+    anchor_thresh: float | None = 0.2  # extra positives: anchors whose shape IoU with a box exceeds it (see yolo_loss)
     loss_terms: dict = field(default_factory=dict, init=False, repr=False)  # summed per-image terms, and "steps"
     collate_fn = staticmethod(det_data.collate)
 
