@@ -78,6 +78,8 @@ def test_sensitivity_then_prune_then_quant_cli(tmp_path, synth_cls, capsys):
 def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
     import json
 
+    import torch
+
     data = tmp_path / "det"
     assert main(["data", "synth", "--task", "det", "--format", "voc", "--out", str(data), "--num-train", "16",
                  "--num-val", "8", "--size", "64"]) == 0
@@ -91,9 +93,19 @@ def test_detection_cli_synth_train_eval_quant(tmp_path, capsys):
                     {"model": "mobilenet_v1", "num_classes": 10, "width_mult": 0.25})
     ck = tmp_path / "ck"
     assert main(["train", *common, "--model", "yolov3_mobilenet_v1", "--width-mult", "0.25", "--epochs", "1",
-                 "--backbone-weights", str(cls), "--out", str(ck)]) == 0
+                 "--backbone-weights", str(cls), "--anchors", "kmeans", "--out", str(ck)]) == 0
     out = capsys.readouterr().out
-    assert "backbone initialised" in out and '"voc_map"' in out
+    assert "backbone initialised" in out and '"voc_map"' in out and "fitted by k-means" in out
+    # the fitted anchors are recorded in the checkpoint, so everything that loads it rebuilds the same head
+    from slimzoo.checkpoint import load_checkpoint
+    from slimzoo.tasks import get_task
+    from slimzoo.tasks.detection import fit_dataset_anchors
+
+    anchors = fit_dataset_anchors(get_task("detection", data_root=data, image_size=64, num_workers=0))
+    cfg = json.loads((ck / "config.json").read_text())
+    assert cfg["model_kwargs"] == {"anchors": anchors, "anchor_size": 64}
+    model, _ = load_checkpoint(ck)
+    assert torch.allclose(model.anchors * 64, torch.tensor(anchors))
     assert main(["quant", *common, "--checkpoint", str(ck), "--num-calibration", "8",
                  "--out", str(tmp_path / "q.onnx")]) == 0
     out = capsys.readouterr().out
