@@ -4,7 +4,8 @@ Trains a zoo detector row (default: det-yolov3_mobilenet_v1-coco-none, backbone 
 synthetic dataset under several variants, scoring the validation set after every epoch (box mAP, AP50, VOC mAP@0.5),
 and writes the curves, the wall time and the loss terms of the last epoch to benchmarks/results/det_convergence.md.
 A variant is a name and a JSON object of overrides: ``anchors`` ("coco": YOLOv3's COCO anchors; "kmeans": fitted to
-the training boxes at the training resolution), ``train`` (TrainConfig keys), ``loss`` (yolo_loss keywords).
+the training boxes at the training resolution), ``train`` (TrainConfig keys), ``loss`` (``anchor_thresh``: extra
+positive anchors, see yolo_loss).
 
     python benchmarks/det_convergence.py --zoo runs/zoo [--row ROW] [--epochs 4] \\
         [--variant 'kmeans={"anchors": "kmeans"}' ...]
@@ -34,13 +35,15 @@ DEFAULT_VARIANTS = {  # the ablations behind the zoo's detector settings (k-mean
 
 
 def run_variant(zoo, row_id: str, spec: dict, epochs: int) -> dict:
+    """Train the row's detector under ``spec`` with the task's own loss (``loss.anchor_thresh`` set on the task),
+    scoring each epoch with the zoo's :func:`~slimzoo.zoo.artifacts.curve_point` (metrics and loss terms)."""
     from slimzoo.models import create_model, load_backbone
-    from slimzoo.runtime import TorchPredictor
-    from slimzoo.tasks.detection import yolo_loss
     from slimzoo.training import TrainConfig, fit
+    from slimzoo.zoo.artifacts import curve_point
 
     r = zoo.recipe(row_id)
     task = zoo.task(r)
+    task.anchor_thresh = spec.get("loss", {}).get("anchor_thresh")  # None: YOLOv3's one anchor per object
     kwargs = {}
     if spec.get("anchors") == "kmeans":
         from slimzoo.tasks.detection import fit_dataset_anchors
@@ -51,30 +54,19 @@ def run_variant(zoo, row_id: str, spec: dict, epochs: int) -> dict:
     model = create_model(r["model"], num_classes=task.num_classes, width_mult=r.get("width_mult", 1.0), **kwargs)
     if r.get("backbone_from") and not spec.get("no_backbone"):
         load_backbone(model, zoo.baseline(r["backbone_from"])[0].state_dict())
-    curve, terms, steps = [], {}, [0]
-
-    def loss_fn(out, targets):
-        steps[0] += 1
-        return yolo_loss(out, targets, task.num_classes, terms=terms, **spec.get("loss", {}))
-
+    curve = []
     t0 = time.perf_counter()
-    train_s = [0.0]
 
     def on_epoch_end(epoch, m):
-        train_s[0] = time.perf_counter() - t0 - sum(c["eval_s"] for c in curve)
+        train_s = time.perf_counter() - t0 - sum(c["eval_s"] for c in curve)
         t = time.perf_counter()
-        m.eval()
-        res = task.evaluate(TorchPredictor(m))
-        m.train()
-        curve.append({"epoch": epoch + 1, "bbox_map": round(res["bbox_map"], 2), "ap50": round(res["ap50"], 2),
-                      "voc_map": round(res["voc_map"], 2), "eval_s": round(time.perf_counter() - t, 1),
-                      "train_s": round(train_s[0], 1),
-                      "terms": {k: round(v / max(1, steps[0]), 3) for k, v in terms.items()}})
-        terms.clear()
-        steps[0] = 0
+        point = curve_point(epoch, m, task)
+        curve.append({"epoch": epoch + 1, **{k: round(point["metrics"][k], 2) for k in ("bbox_map", "ap50", "voc_map")},
+                      "eval_s": round(time.perf_counter() - t, 1), "train_s": round(train_s, 1),
+                      "terms": {k: round(v, 3) for k, v in point["loss_terms"].items()}})
         print(curve[-1], flush=True)
 
-    fit(model, task.train_loader(tcfg.batch_size), loss_fn, tcfg, progress=True, on_epoch_end=on_epoch_end)
+    fit(model, task.train_loader(tcfg.batch_size), task.loss_fn, tcfg, progress=True, on_epoch_end=on_epoch_end)
     return {"curve": curve, "anchors": kwargs.get("anchors"), "train_s": curve[-1]["train_s"]}
 
 
