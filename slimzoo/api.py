@@ -96,8 +96,7 @@ def quantize(model, data: Iterable, config=None, *, transform_fn: Callable | Non
     the integer-op count and the measured INT8/FP32 speed at one thread, and a warning says when the file is
     not faster.
     """
-    from .quant.check import check_int8
-    from .quant.ptq import calibration_set, quantize_onnx, report_check
+    from .quant.ptq import calibration_set, quantize_checked
 
     cfg = _config(config, tuple(ignored))
     out = _out_path(out)
@@ -105,11 +104,8 @@ def quantize(model, data: Iterable, config=None, *, transform_fn: Callable | Non
     if isinstance(model, (str, Path)):
         with tempfile.TemporaryDirectory() as d:
             fp32 = prepare_onnx(model, Path(d) / "fp32_prepared.onnx")
-            path, _, _ = quantize_onnx(fp32, out, batches, cfg)
-            result = QuantResult(path=Path(path), kept_fp32=list(cfg.keep_fp32))
-            if check:
-                result.check = report_check(check_int8(fp32, path, (1, *batches[0].shape[1:])), path)
-        return result
+            path, checked = quantize_checked(fp32, out, batches, cfg, (1, *batches[0].shape[1:]), check=check)
+        return QuantResult(path=path, kept_fp32=list(cfg.keep_fp32), check=checked)
     import torch
 
     from .quant.ptq import quantize as quantize_module

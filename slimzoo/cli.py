@@ -198,18 +198,21 @@ def cmd_export(args) -> None:
 
 def cmd_quant(args) -> None:
     import tempfile
+    import warnings
 
     import torch
 
     from .export import export_onnx, fold_batchnorm
-    from .quant import PTQConfig, quantize_onnx
+    from .quant import PTQConfig
+    from .quant.check import check_int8
+    from .quant.ptq import Int8Warning, quantize_checked, report_check
     from .runtime import OnnxPredictor
     from .storage import write_json
 
     task = _task(args)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction, adaround=args.adaround,
-                    adaround_iters=args.adaround_iters, target=args.target)
+                    adaround_iters=args.adaround_iters, target=args.target, stem=args.stem)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -238,28 +241,21 @@ def cmd_quant(args) -> None:
             write_json(out.with_suffix(".analysis.json"), analysis)
             plot_analysis(analysis, out.with_suffix(".analysis.png"))
             print(f"wrote {out.with_suffix('.analysis.json')} and {out.with_suffix('.analysis.png')}")
-        if args.max_drop is None:
-            quantize_onnx(fp32, out, calib, cfg)
+        shape = (1, 3, args.image_size, args.image_size)
+        with warnings.catch_warnings(record=True) as caught:  # printed below, after the summary
+            warnings.simplefilter("always", Int8Warning)
+            checked = None
+            if args.max_drop is None:
+                _, checked = quantize_checked(fp32, out, calib, cfg, shape, check=not args.no_check)
+            elif not args.no_check:
+                checked = report_check(check_int8(fp32, out, shape), out)
         print(f"wrote {out}")
-        if not args.no_check:
-            _report_int8_check(fp32, out, (1, 3, args.image_size, args.image_size))
+        if checked is not None:
+            print(checked.summary() + f" (written to {out}.check.json)")
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
     if not args.no_eval:
         print(json.dumps(task.evaluate(OnnxPredictor(out), progress=True), indent=2))
-
-
-def _report_int8_check(fp32: Path, out: Path, shape: tuple[int, ...]) -> None:
-    """Print how many layers run as integer ops and the INT8 / FP32 speed at one thread; warn plainly if not faster."""
-    import warnings
-
-    from .quant.check import check_int8
-    from .quant.ptq import report_check
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = report_check(check_int8(fp32, out, shape), out)
-    print(result.summary() + f" (written to {out}.check.json)")
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def cmd_qat(args) -> None:
@@ -530,6 +526,10 @@ def _add_quant(sub) -> None:
     sp.add_argument("--target", choices=("onnxruntime", "openvino"), default="onnxruntime",
                     help="runtime the Q/DQ placement is made for (onnxruntime: every conv runs as QLinearConv; "
                          "openvino: Q/DQ only where an integer op reads them, as NNCF places them)")
+    sp.add_argument("--stem", choices=("auto", "int8", "float"), default="auto",
+                    help="the first conv (3 input channels): auto writes the file both ways and keeps the faster at "
+                         "1 thread (ONNX Runtime's int8 kernel is slow on 3 channels; a small stem can cost more "
+                         "than int8 wins); int8 or float decide without measuring")
     sp.add_argument("--no-check", action="store_true",
                     help="skip counting integer ops and timing the INT8 file against FP32 at one thread")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")

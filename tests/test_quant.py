@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import slimzoo
+from slimzoo.quant import PTQConfig
 from slimzoo.quant.qparams import activation_qparams, quantize_bias, weight_qparams
 
 
@@ -16,6 +17,12 @@ def test_activation_qparams_cover_range_and_zero():
     relu = activation_qparams(0.0, 6.0)  # post-ReLU tensors: zero point 0, so uint8 clamps at zero
     assert relu.zero_point == 0
     assert activation_qparams(0.0, 0.0).scale > 0  # a dead tensor still gets a valid scale
+    # symmetric (--target openvino): zero point 0, int8 where the tensor has negative values, uint8 where not
+    sym = activation_qparams(-1.0, 3.0, symmetric=True)
+    assert sym.signed and sym.zero_point == 0 and sym.scale == pytest.approx(3.0 / 127, rel=1e-6)
+    assert sym.qrange == (-128, 127) and sym.dtype == np.int8
+    pos = activation_qparams(0.0, 6.0, symmetric=True)
+    assert not pos.signed and pos.zero_point == 0 and pos.scale == pytest.approx(6.0 / 255, rel=1e-6)
 
 
 def test_weight_qparams_per_channel_symmetric():
@@ -58,7 +65,7 @@ def test_qdq_file_runs_integer_kernels_and_matches_fp32(tmp_path, name):
     x = torch.randn(1, 3, 48, 48)
     fp32 = export_onnx(m, tmp_path / "fp32.onnx", x)
     batches = [torch.randn(8, 3, 48, 48) for _ in range(4)]
-    int8 = quantize(m, x, batches, tmp_path / "int8.onnx")
+    int8 = quantize(m, x, batches, tmp_path / "int8.onnx", PTQConfig(stem="int8"))
     sess = ort_session(int8, 1, optimized_model_path=str(tmp_path / "opt.onnx"))
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
     # every convolution runs as an integer kernel, none falls back to float
@@ -127,7 +134,7 @@ def test_shared_bias_initializer_is_quantized_per_conv(tmp_path):
 
     m = slimzoo.create_model("mobilenet_v1", num_classes=10, width_mult=0.25).eval()  # untrained: equal biases
     x = torch.randn(1, 3, 32, 32)
-    path = quantize(m, x, [torch.randn(4, 3, 32, 32)], tmp_path / "q.onnx")
+    path = quantize(m, x, [torch.randn(4, 3, 32, 32)], tmp_path / "q.onnx", PTQConfig(stem="int8"))
     ort_session(path, 1, optimized_model_path=str(tmp_path / "opt.onnx"))
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
     assert ops["Conv"] == 0 and ops["QLinearConv"] == 27, ops

@@ -58,7 +58,7 @@ def test_every_weighted_layer_runs_as_integer_op(tmp_path, make):
     x = torch.randn(1, 3, 64, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the speed check may find a tiny net not faster: not what this test is about
-        path = quantize(m, x, _batches(), tmp_path / "q.onnx")
+        path = quantize(m, x, _batches(), tmp_path / "q.onnx", PTQConfig(stem="int8"))
     check = integer_layers(path)
     assert check.float_layers == [] and check.integer == check.total > 0, check
     assert (tmp_path / "q.onnx.check.json").exists()
@@ -157,6 +157,25 @@ def test_openvino_target_skips_quantizers_before_float_ops(tmp_path):
         path, _, _ = quantize_onnx(fp32, tmp_path / f"{target}.onnx", _batches(), PTQConfig(target=target))
         counts[target] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
     assert counts["openvino"] < counts["onnxruntime"]
+    # for OpenVINO: activations on a zero-point-free grid, the Concat's inputs on one scale and no quantizer on its
+    # output (OpenVINO concatenates int8 data), and the file still matches the FP32 model
+    g = onnx.load(str(tmp_path / "openvino.onnx")).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    assert all(not inits[n.input[2]].any() for n in qs)
+    assert any(inits[n.input[2]].dtype == np.int8 for n in qs)  # a tensor with negative values (SiLU's)
+    producers = {o: n for n in g.node for o in n.output}
+    cat = next(n for n in g.node if n.op_type == "Concat" and "/mix" not in n.name and all(
+        i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input))  # torch.cat([a, b])
+    assert len({float(inits[producers[i].input[1]]) for i in cat.input}) == 1
+    assert not any(n.input[0] == cat.output[0] for n in qs)
+    from slimzoo.runtime import ort_session
+
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)[0].numpy()
+    out = ort_session(tmp_path / "openvino.onnx", 1).run(None, {"input": x.numpy()})[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
     with pytest.raises(Exception, match="target"):
         PTQConfig(target="tensorrt")
 
@@ -203,3 +222,55 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="NaN"):
         quantize_onnx(fp32, tmp_path / "q.onnx", [torch.rand(4, 3, 8, 8)])
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_stem_layers_are_the_convs_on_the_image_input(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.stem import stem_layers
+
+    m = _warm(TwoOutputs())
+    path = export_onnx(m, tmp_path / "fp32.onnx", torch.randn(1, 3, 64, 64))
+    stems = stem_layers(onnx.load(str(path)))
+    assert len(stems) == 1 and "stem" in stems[0]
+    with pytest.raises(Exception, match="stem must be one of"):
+        PTQConfig(stem="fp16")
+
+
+def test_float_stem_is_kept_on_purpose_and_not_reported_as_a_problem(tmp_path):
+    from slimzoo.quant.ptq import quantize_checked
+    from slimzoo.export import export_onnx, fold_batchnorm
+
+    m = _warm(TwoOutputs())
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "fp32.onnx", torch.randn(1, 3, 64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a float-layer Int8Warning would fail the test
+        warnings.filterwarnings("ignore", message=".*not faster.*")
+        path, check = quantize_checked(fp32, tmp_path / "q.onnx", _batches(), PTQConfig(stem="float"),
+                                       (1, 3, 64, 64))
+    assert check.kept_float == 1 and len(check.float_layers) == 1 and check.integer == check.total - 1
+    assert check.stem is None  # decided without measuring
+
+
+@pytest.mark.parametrize("float_wins", [True, False])
+def test_auto_stem_keeps_the_faster_file_and_records_why(tmp_path, monkeypatch, float_wins):
+    import json
+
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant import stem as stem_mod
+    from slimzoo.quant.ptq import quantize_checked
+
+    # the timing is the runtime's; what is tested is the decision taken on it (1.0 vs 0.8 or 0.99 ms)
+    monkeypatch.setattr(stem_mod, "time_files", lambda paths, shape: [1.0, 0.8 if float_wins else 0.99])
+    m = _warm(TwoOutputs())
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "fp32.onnx", torch.randn(1, 3, 64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path, check = quantize_checked(fp32, tmp_path / "q.onnx", _batches(), PTQConfig(), (1, 3, 64, 64))
+    assert sorted(p.name for p in tmp_path.glob("q*.onnx")) == ["q.onnx"]  # the other file is gone
+    chosen = "float" if float_wins else "int8"
+    assert check.stem["chosen"] == chosen and check.kept_float == (1 if float_wins else 0)
+    assert len(integer_layers(path).float_layers) == (1 if float_wins else 0)
+    assert json.loads((tmp_path / "q.onnx.check.json").read_text())["stem"]["chosen"] == chosen
+    assert f"first conv kept in {chosen}" in check.summary()

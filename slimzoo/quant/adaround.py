@@ -42,7 +42,7 @@ def _h(v: torch.Tensor) -> torch.Tensor:
 
 
 def _fake_quant(x: torch.Tensor, q: TensorQParams) -> torch.Tensor:
-    return (torch.clamp(torch.round(x / q.scale) + q.zero_point, 0, 255) - q.zero_point) * q.scale
+    return (torch.clamp(torch.round(x / q.scale) + q.zero_point, *q.qrange) - q.zero_point) * q.scale
 
 
 def _layer_fn(node):

@@ -31,6 +31,9 @@ class Int8Check:
     activation_matmuls: int = 0  # MatMul between two activations (attention), left in float by design
     fp32_ms: float | None = None  # median latency at one thread
     int8_ms: float | None = None
+    # PTQConfig.stem == "auto": the first conv's measured choice {layers, chosen, int8_stem_ms, float_stem_ms}
+    stem: dict | None = None
+    kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
 
     @property
     def speedup(self) -> float | None:
@@ -51,14 +54,19 @@ class Int8Check:
             s += f" ({self.activation_matmuls} activation x activation MatMul left in float)"
         if self.speedup is not None:
             s += f"; INT8 {self.int8_ms:.2f} ms vs FP32 {self.fp32_ms:.2f} ms at 1 thread ({self.speedup:.2f}x)"
+        if self.stem:
+            st = self.stem
+            s += (f"; first conv kept in {st['chosen']} (measured {st['int8_stem_ms']:.2f} ms with it in int8, "
+                  f"{st['float_stem_ms']:.2f} ms in float)")
         return s
 
     def problems(self) -> list[str]:
         """Plain sentences for what is wrong with the file, each with what to do; empty when nothing is."""
         out = []
-        if self.float_layers:
+        if len(self.float_layers) > self.kept_float:
             names = ", ".join(self.float_layers[:8]) + (" ..." if len(self.float_layers) > 8 else "")
-            out.append(f"{len(self.float_layers)} weighted layer(s) still run in float: {names}. They read int8 "
+            kept = f", {self.kept_float} of them on purpose" if self.kept_float else ""
+            out.append(f"{len(self.float_layers)} weighted layer(s) still run in float{kept}: {names}. They read int8 "
                        "weights through DequantizeLinear, slower than in the FP32 file; leave them in FP32 "
                        "explicitly (keep_fp32 / --keep-fp32) or report the pattern that blocks them")
         if self.faster is False:

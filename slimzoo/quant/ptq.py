@@ -15,8 +15,9 @@ from ..errors import ConfigError
 from .calibrate import collect_ranges
 from .check import Int8Check, check_int8
 from .preprocess import preprocess
-from .qdq import QdqPlan, plan_qdq, with_rescaled, write_qdq
+from .qdq import QdqPlan, plan_qdq, unify_ranges, with_rescaled, write_qdq
 from .qparams import QuantParams, activation_qparams, weight_qparams
+from .stem import choose_stem, stem_layers
 
 
 class Int8Warning(UserWarning):
@@ -40,13 +41,19 @@ class PTQConfig:
     calibration_batch_size: int = 32
     keep_fp32: list[str] = field(default_factory=list)  # ONNX node names left in float
     target: str = "onnxruntime"  # the runtime the placement is made for: onnxruntime | openvino (qdq.plan_qdq)
+    # the first conv (3 input channels): "auto" writes the file both ways when it is checked and keeps the faster
+    # at one thread (quant.stem); "int8" or "float" decide without measuring (an unchecked "auto" stays int8)
+    stem: str = "auto"
 
     def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
         from .calibrate import METHODS
         from .qdq import TARGETS
+        from .stem import STEMS
 
         if self.target not in TARGETS:
             raise ConfigError(f"quantization target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         if self.calibration not in METHODS:
             raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, got {self.calibration!r}")
         if not 50 < float(self.percentile) <= 100:
@@ -68,8 +75,10 @@ class PTQConfig:
         return asdict(self)
 
 
-def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]) -> QuantParams:
-    """Turn observed ranges and the model's weights into the quantization parameters."""
+def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]], symmetric: bool = False
+                    ) -> QuantParams:
+    """Turn observed ranges and the model's weights into the quantization parameters (activations symmetric,
+    zero point 0, with ``symmetric``)."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -80,7 +89,8 @@ def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]
         if not all(np.isfinite(v) for v in ranges[t]):
             raise ConfigError(f"activation {t!r} is NaN or infinite on the calibration images: the FP32 model "
                               "itself produces non-finite values; check its weights and inputs before quantizing")
-        qp.activations[t] = activation_qparams(*ranges[t])
+        qp.activations[t] = activation_qparams(*ranges[t], symmetric=symmetric)
+    unify_ranges(plan, qp)
     for w, (axis, _) in plan.weights.items():
         value = numpy_helper.to_array(inits[w]).astype("float32")
         if not np.isfinite(value).all():
@@ -153,9 +163,10 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
         batches = [np.asarray(b.numpy() if hasattr(b, "numpy") else b, np.float32) for b in batches]
     else:
         batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
-    plan = plan_qdq(model, set(cfg.keep_fp32), cfg.target)
+    keep = set(cfg.keep_fp32) | (set(stem_layers(model)) if cfg.stem == "float" else set())
+    plan = plan_qdq(model, keep, cfg.target)
     ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
-    qp = compute_qparams(model, plan, ranges)
+    qp = compute_qparams(model, plan, ranges, symmetric=cfg.target == "openvino")
     if cfg.adaround:
         from .adaround import AdaRoundConfig, adaround
 
@@ -182,16 +193,40 @@ def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, 
     With ``check`` (the default), the file is then read as ONNX Runtime runs it and timed against the FP32
     model at one thread (:func:`slimzoo.quant.check.check_int8`); the figures are written beside the file
     (``<file>.check.json``) and a warning says plainly when a weighted layer stayed in float or the INT8
-    file is not faster.
+    file is not faster; with ``cfg.stem == "auto"`` the first conv's precision is chosen by measurement
+    (:mod:`slimzoo.quant.stem`).
     """
     from ..export import export_onnx, fold_batchnorm
 
     with tempfile.TemporaryDirectory() as d:
         fp32 = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example_inputs)
-        path, _, _ = quantize_onnx(fp32, out_path, batches, cfg)
-        if check:
-            report_check(check_int8(fp32, path, (1, *example_inputs.shape[1:])), path)
+        path, _ = quantize_checked(fp32, out_path, batches, cfg, (1, *example_inputs.shape[1:]), check=check)
     return path
+
+
+def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None,
+                     shape: tuple[int, ...], *, check: bool = True) -> tuple[Path, Int8Check | None]:
+    """``quantize_onnx``, then (with ``check``) the stem decision of ``cfg.stem == "auto"`` (the file written with
+    the first conv in int8 and in float, the faster kept) and the check of what ONNX Runtime makes of the file
+    (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
+    import onnx
+
+    cfg = cfg or PTQConfig()
+    batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
+    path, _, plan = quantize_onnx(fp32_path, out_path, batches, cfg)
+    if not check:
+        return Path(path), None
+    decision = None
+    stems = [s for s in stem_layers(onnx.load(str(fp32_path))) if s not in plan.kept_fp32]
+    if cfg.stem == "auto" and stems and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
+        alt = Path(path).with_name(Path(path).stem + ".float-stem.onnx")
+        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, PTQConfig(**{**cfg.to_dict(), "stem": "float"}))
+        decision = choose_stem(Path(path), alt, stems, shape)
+        plan = alt_plan if decision["chosen"] == "float" else plan
+    result = check_int8(fp32_path, path, shape)
+    result.stem = decision
+    result.kept_float = len(plan.kept_fp32)
+    return Path(path), report_check(result, path)
 
 
 def report_check(result: Int8Check, path: str | Path) -> Int8Check:

@@ -22,7 +22,8 @@ from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .preprocess import preprocess
 from .ptq import PTQConfig
-from .qdq import plan_qdq, write_qdq
+from .qdq import plan_qdq, unify_ranges, write_qdq
+from .stem import stem_layers
 from .qparams import QuantParams, activation_qparams, weight_qparams
 
 
@@ -77,7 +78,8 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
         path = export_onnx(fold_batchnorm(model), Path(d) / "fp32_folded.onnx", example_inputs)
         onnx_model = onnx.load(str(path))
     preprocess(onnx_model, cfg.calibration.target)  # the graph PTQ quantizes (Pad fused, hard activations split)
-    plan = plan_qdq(onnx_model, set(cfg.keep_fp32), cfg.calibration.target)
+    float_stem = set(stem_layers(onnx_model)) if cfg.calibration.stem == "float" else set()  # "auto": int8
+    plan = plan_qdq(onnx_model, set(cfg.keep_fp32) | float_stem, cfg.calibration.target)
     ranges = collect_ranges(onnx_model, plan.activations, calib_batches, method=cfg.calibration.calibration,
                             percentile=cfg.calibration.percentile)
     qmod = OnnxModule(onnx_model, {t: ranges[t] for t in plan.activations},
@@ -114,7 +116,7 @@ def export_qat(qmod, onnx_model, plan, out_path: str | Path) -> Path:
     ranges = qmod.act_ranges()
     qp = QuantParams(activations={t: activation_qparams(*ranges[t]) for t in plan.activations},
                      weights={w: weight_qparams(trained[w], axis) for w, (axis, _) in plan.weights.items()})
-    return write_qdq(m, plan, qp, out_path)
+    return write_qdq(m, plan, unify_ranges(plan, qp), out_path)
 
 
 def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_loader: Iterable, loss_fn: Callable,

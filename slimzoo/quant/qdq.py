@@ -50,12 +50,16 @@ class QdqPlan:
     biases: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)  # removed ReLU/Clip node name -> its output tensor
     layers: list[str] = field(default_factory=list)  # names of quantized Conv/Gemm/MatMul nodes
+    kept_fp32: list[str] = field(default_factory=list)  # weighted nodes left in float as asked (keep_fp32)
     modules: dict[str, str] = field(default_factory=dict)  # node name -> PyTorch module name (from its weight)
     # Mul/Div by a positive constant on a quantized tensor: removed; readers of its output get a
     # DequantizeLinear of the source's uint8 tensor with the scale multiplied by the factor (free)
     rescaled: dict[str, tuple[str, float]] = field(default_factory=dict)  # output -> (quantized source, factor)
     rescale_nodes: set[str] = field(default_factory=set)  # names of the removed Mul/Div nodes
     constants: dict[str, float] = field(default_factory=dict)  # scalar constant operand of a quantized op -> value
+    # --target openvino: the inputs of a Concat share one range (OpenVINO then concatenates int8 data, as with NNCF's
+    # files); the Concat's output carries no quantizer of its own
+    unified: list[list[str]] = field(default_factory=list)
 
 
 def _const_value(model, name: str):
@@ -300,11 +304,46 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
     plan = QdqPlan()
     _find_rescales(gr)
     _find_region(gr)
+    plan.kept_fp32 = [n.name for n in gr.g.node if n.name in gr.keep_fp32 and n.op_type in COMPUTE
+                      and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits]
     effective_out = _fold_activations(gr, plan)
     acts = _activation_tensors(gr, plan, effective_out)
     _share_passthrough(gr, plan, acts)
+    if target == "openvino":
+        _openvino_data_movement(gr, plan, acts)
     plan.activations = acts
     return plan
+
+
+def _openvino_data_movement(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
+    """OpenVINO moves a dequantization through data movement by itself (MaxPool, Reshape, Concat of inputs on
+    one scale), so a quantizer after them only costs time: no re-quantization of a passthrough's output, and the
+    inputs of a Concat on one shared range instead of a quantizer on its output. Measured against NNCF's files
+    (docs/quantization.md)."""
+    plan.shared = {}
+    for n in gr.g.node:
+        if n.op_type == "Concat" and n.output[0] in acts and len(n.input) > 1 and all(i in acts for i in n.input) \
+                and not any(i in plan.rescaled for i in n.input):
+            acts.remove(n.output[0])
+            plan.unified.append(list(n.input))
+
+
+def unify_ranges(plan: QdqPlan, qp: QuantParams) -> QuantParams:
+    """Give each group of ``plan.unified`` one set of qparams covering all its tensors (symmetric, zero point 0)."""
+    from .qparams import TensorQParams
+
+    for group in plan.unified:
+        qs = [qp.activations[t] for t in group if t in qp.activations]
+        if len(qs) != len(group):
+            continue
+        signed = any(q.signed or q.zero_point for q in qs)
+        lo = min(q.scale * (q.qrange[0] - q.zero_point) for q in qs)
+        hi = max(q.scale * (q.qrange[1] - q.zero_point) for q in qs)
+        amax = max(-lo, hi)
+        u = TensorQParams(float(np.float32(amax / (127 if signed else 255))), 0, signed)
+        for t in group:
+            qp.activations[t] = u
+    return qp
 
 
 def with_rescaled(plan: QdqPlan, qp: QuantParams) -> QuantParams:
@@ -315,7 +354,7 @@ def with_rescaled(plan: QdqPlan, qp: QuantParams) -> QuantParams:
     for o, (src, factor) in plan.rescaled.items():
         a = qp.activations.get(plan.shared.get(src, src))
         if a is not None:
-            qp.activations[o] = TensorQParams(float(np.float32(a.scale * factor)), a.zero_point)
+            qp.activations[o] = TensorQParams(float(np.float32(a.scale * factor)), a.zero_point, a.signed)
     return qp
 
 
@@ -376,7 +415,7 @@ class _Writer:
     def scalar_qparams(self, t: str) -> tuple[str, str]:
         a = self.qp.activations[self.plan.shared.get(t, t)]
         self._init(np.array(a.scale, np.float32), f"{t}_scale")
-        self._init(np.array(a.zero_point, np.uint8), f"{t}_zero_point")
+        self._init(np.array(a.zero_point, a.dtype), f"{t}_zero_point")
         return f"{t}_scale", f"{t}_zero_point"
 
     def qdq_nodes(self, t: str) -> list:
@@ -429,7 +468,7 @@ class _Writer:
         src, _ = self.plan.rescaled[o]
         a = self.qp.activations[o]
         self._init(np.array(a.scale, np.float32), f"{o}_scale")
-        self._init(np.array(a.zero_point, np.uint8), f"{o}_zero_point")
+        self._init(np.array(a.zero_point, a.dtype), f"{o}_zero_point")
         self.rename[o] = f"{o}_dequantized"
         return [helper.make_node("DequantizeLinear", [f"{src}_quantized", f"{o}_scale", f"{o}_zero_point"],
                                  [f"{o}_dequantized"], name=f"{o}_DequantizeLinear")]

@@ -1,7 +1,8 @@
 """Quantization parameters: one representation, written to ONNX by one exporter (``qdq.write_qdq``).
 
 Pure functions here compute scales and zero points; nothing imports ONNX or a runtime.
-Activations are asymmetric uint8 per tensor; weights are symmetric int8 per output channel.
+Activations are asymmetric uint8 per tensor (symmetric, zero point 0, for OpenVINO); weights are symmetric int8
+per output channel.
 """
 from __future__ import annotations
 
@@ -16,13 +17,23 @@ INT8_SYM = (-127, 127)  # symmetric weights: -128 unused, so the grid is symmetr
 
 @dataclass
 class TensorQParams:
-    """Per-tensor activation quantization: ``x ~ scale * (q - zero_point)``, q in uint8."""
+    """Per-tensor activation quantization: ``x ~ scale * (q - zero_point)``, q in uint8 (or int8 when
+    ``signed``: symmetric quantization of a tensor with negative values, zero point 0)."""
 
     scale: float
     zero_point: int
+    signed: bool = False
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return (-128, 127) if self.signed else UINT8
+
+    @property
+    def dtype(self):
+        return np.int8 if self.signed else np.uint8
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "zero_point": self.zero_point}
+        return {"scale": self.scale, "zero_point": self.zero_point, "signed": self.signed}
 
 
 @dataclass
@@ -53,9 +64,17 @@ class QuantParams:
                 "weights": {k: {"channels": int(v.scale.size), "axis": v.axis} for k, v in self.weights.items()}}
 
 
-def activation_qparams(lo: float, hi: float) -> TensorQParams:
-    """Asymmetric uint8 qparams covering [lo, hi] (widened to include 0, so zero is exact)."""
+def activation_qparams(lo: float, hi: float, symmetric: bool = False) -> TensorQParams:
+    """Asymmetric uint8 qparams covering [lo, hi] (widened to include 0, so zero is exact). With ``symmetric``
+    the zero point is 0: uint8 for a tensor with no negative values, int8 with scale ``max|x| / 127`` otherwise
+    (what NNCF writes for OpenVINO, whose int8 kernels then need no zero-point compensation)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if symmetric:
+        signed = lo < 0
+        scale = max(-lo, hi) / 127 if signed else hi / 255
+        if scale <= 0 or not np.isfinite(scale):
+            return TensorQParams(1.0, 0, signed)
+        return TensorQParams(float(np.float32(scale)), 0, signed)
     qmin, qmax = UINT8
     scale = (hi - lo) / (qmax - qmin)
     if scale <= 0 or not np.isfinite(scale):

@@ -1,0 +1,80 @@
+"""The first convolution in int8 or in float, decided by measuring both files (``PTQConfig.stem``).
+
+ONNX Runtime's ``QLinearConv`` is slow on 3 input channels: on a small stem (MobileNetV3-Small's 3x3, 16 output
+channels) the integer kernel takes twice the float one, and the file loses what int8 wins elsewhere. On a heavy
+stem (ResNet50's 7x7, 64 channels) int8 still pays. No rule on the shape separates the two on every CPU, so
+with ``stem="auto"`` the file is written both ways and the faster one at one thread is kept (figures in
+docs/quantization.md).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+STEMS = ("auto", "int8", "float")
+MIN_GAIN = 0.03  # the float stem must be at least this much faster, so that noise does not decide
+
+
+def stem_layers(model, max_channels: int = 4) -> list[str]:
+    """Names of the convs that read the graph's image input directly and have at most ``max_channels`` input
+    channels (the stem of an image network)."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    inputs = {i.name for i in g.input} - set(inits)
+    out = []
+    for n in g.node:
+        if n.op_type == "Conv" and n.input[0] in inputs and len(n.input) > 1 and n.input[1] in inits:
+            dims = list(inits[n.input[1]].dims)
+            if len(dims) == 4 and dims[1] <= max_channels:
+                out.append(n.name)
+    return out
+
+
+def time_files(paths: list[Path], shape: tuple[int, ...], rounds: int = 6, calls: int = 10,
+               budget_s: float = 6.0) -> list[float]:
+    """Median latency (ms) of each file at one thread in ONNX Runtime, the files timed in turns (round after
+    round) so that load on the machine falls on all alike; the least of the round medians is kept."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sessions = []
+    for p in paths:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        for _ in range(3):
+            s.run(None, feed)
+        sessions.append((s, feed))
+    best = [float("inf")] * len(paths)
+    start = time.perf_counter()
+    for r in range(rounds):
+        for i, (s, feed) in enumerate(sessions):
+            ts = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                ts.append(time.perf_counter() - t0)
+            best[i] = min(best[i], statistics.median(ts) * 1e3)
+        if r >= 1 and time.perf_counter() - start > budget_s:
+            break
+    return [round(b, 3) for b in best]
+
+
+def choose_stem(int8_path: Path, float_stem_path: Path, stems: list[str], shape: tuple[int, ...]) -> dict:
+    """Keep whichever of the two files is faster at one thread (the float stem only when at least ``MIN_GAIN``
+    faster): ``float_stem_path`` replaces ``int8_path`` if it wins, and is removed either way. Returns the
+    decision and its figures (for the check report)."""
+    int8_ms, float_ms = time_files([int8_path, float_stem_path], shape)
+    chosen = "float" if float_ms < int8_ms * (1 - MIN_GAIN) else "int8"
+    if chosen == "float":
+        os.replace(float_stem_path, int8_path)
+    else:
+        Path(float_stem_path).unlink(missing_ok=True)
+    return {"layers": stems, "chosen": chosen, "int8_stem_ms": int8_ms, "float_stem_ms": float_ms}
