@@ -512,8 +512,10 @@ def _add_quant(sub) -> None:
     _model_args(sp)
     sp.add_argument("--onnx", help="quantize this FP32 ONNX file instead of a PyTorch model (one image input)")
     sp.add_argument("--out", required=True, help="output .onnx path")
-    sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="percentile",
-                    help="how activation ranges are chosen (see slimzoo.quant.calibrate)")
+    sp.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy", "auto"], default="percentile",
+                    help="how activation ranges are chosen (see slimzoo.quant.calibrate); auto: percentile or mse, "
+                         "whichever keeps the output closer to FP32 on the calibration images (try it on "
+                         "Hardswish/SiLU networks)")
     sp.add_argument("--num-calibration", type=A.COUNT, default=256, help="training images used for calibration")
     sp.add_argument("--bias-correction", action="store_true",
                     help="correct each layer's mean output shift caused by quantization")

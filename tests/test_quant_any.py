@@ -274,3 +274,24 @@ def test_auto_stem_keeps_the_faster_file_and_records_why(tmp_path, monkeypatch, 
     assert len(integer_layers(path).float_layers) == (1 if float_wins else 0)
     assert json.loads((tmp_path / "q.onnx.check.json").read_text())["stem"]["chosen"] == chosen
     assert f"first conv kept in {chosen}" in check.summary()
+
+
+def test_auto_calibration_keeps_the_range_method_that_agrees_more_with_fp32(tmp_path):
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant import range_choice
+    from slimzoo.quant.ptq import quantize_checked
+
+    m = _warm(TwoOutputs())
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "fp32.onnx", torch.randn(1, 3, 64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path, check = quantize_checked(fp32, tmp_path / "q.onnx", _batches(), PTQConfig(calibration="auto",
+                                       stem="int8"), (1, 3, 64, 64))
+    c = check.calibration
+    assert set(c["agreement_pct"]) == set(range_choice.CANDIDATES) and c["images"] == 16
+    best = max(range_choice.CANDIDATES, key=lambda k: (c["agreement_pct"][k], c["output_sqnr_db"][k]))
+    assert c["chosen"] == best and f"{best} ranges" in check.summary()
+    # the criterion ignores a shift of all class scores (softmax does), and counts argmax agreement
+    ref = [np.array([[1.0, 2.0, 3.0], [0.0, 5.0, 1.0]])]
+    assert range_choice.output_sqnr(ref, [ref[0] + 7.0]) > 100
+    assert range_choice.agreement(ref, [np.array([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])]) == 50.0

@@ -34,6 +34,7 @@ class Int8Check:
     # PTQConfig.stem == "auto": the first conv's measured choice {layers, chosen, int8_stem_ms, float_stem_ms}
     stem: dict | None = None
     kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
+    calibration: dict | None = None  # calibration="auto": {chosen, output_sqnr_db per method, images}
 
     @property
     def speedup(self) -> float | None:
@@ -54,6 +55,10 @@ class Int8Check:
             s += f" ({self.activation_matmuls} activation x activation MatMul left in float)"
         if self.speedup is not None:
             s += f"; INT8 {self.int8_ms:.2f} ms vs FP32 {self.fp32_ms:.2f} ms at 1 thread ({self.speedup:.2f}x)"
+        if self.calibration:
+            c = self.calibration
+            s += (f"; {c['chosen']} ranges (agreement with FP32 {c['agreement_pct']} %, output SQNR "
+                  f"{c['output_sqnr_db']} dB on {c['images']} calibration images)")
         if self.stem:
             st = self.stem
             s += (f"; first conv kept in {st['chosen']} (measured {st['int8_stem_ms']:.2f} ms with it in int8, "

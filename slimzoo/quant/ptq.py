@@ -28,7 +28,8 @@ class Int8Warning(UserWarning):
 class PTQConfig:
     """Settings of post-training quantization (per-channel int8 weights, uint8 activations)."""
 
-    # minmax | percentile | mse | entropy; the default was chosen by measurement (docs/quantization.md)
+    # minmax | percentile | mse | entropy, or auto (percentile or mse, whichever keeps the output closer to FP32 on
+    # the calibration images: quant.range_choice); the default was chosen by measurement (docs/quantization.md)
     calibration: str = "percentile"
     percentile: float = 99.99
     num_calibration: int = 256
@@ -54,8 +55,8 @@ class PTQConfig:
             raise ConfigError(f"quantization target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
-        if self.calibration not in METHODS:
-            raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, got {self.calibration!r}")
+        if self.calibration not in (*METHODS, "auto"):
+            raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, auto; got {self.calibration!r}")
         if not 50 < float(self.percentile) <= 100:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         for name in ("num_calibration", "calibration_batch_size", "bias_correction_images", "adaround_iters",
@@ -143,6 +144,7 @@ class PreparedPTQ:
     plan: QdqPlan
     qparams: QuantParams
     batches: list
+    range_choice: dict | None = None  # calibration="auto": the method kept and each candidate's output SQNR
 
 
 def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None, *,
@@ -165,8 +167,15 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
         batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
     keep = set(cfg.keep_fp32) | (set(stem_layers(model)) if cfg.stem == "float" else set())
     plan = plan_qdq(model, keep, cfg.target)
-    ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
-    qp = compute_qparams(model, plan, ranges, symmetric=cfg.target == "openvino")
+    symmetric = cfg.target == "openvino"
+    choice = None
+    if cfg.calibration == "auto":  # percentile or MSE, by output SQNR on the calibration images (quant.range_choice)
+        from .range_choice import choose_ranges
+
+        ranges, choice = choose_ranges(model, plan, batches, cfg.percentile, symmetric)
+    else:
+        ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
+    qp = compute_qparams(model, plan, ranges, symmetric=symmetric)
     if cfg.adaround:
         from .adaround import AdaRoundConfig, adaround
 
@@ -176,7 +185,7 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
         from .bias_correction import correct_biases
 
         qp = correct_biases(model, plan, qp, _first_images(batches, cfg.bias_correction_images))
-    return PreparedPTQ(model, plan, qp, batches)
+    return PreparedPTQ(model, plan, qp, batches, choice)
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
@@ -213,7 +222,8 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
 
     cfg = cfg or PTQConfig()
     batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
-    path, _, plan = quantize_onnx(fp32_path, out_path, batches, cfg)
+    prep = prepare_ptq(fp32_path, batches, cfg)
+    path, plan = write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.plan
     if not check:
         return Path(path), None
     decision = None
@@ -226,6 +236,7 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
     result = check_int8(fp32_path, path, shape)
     result.stem = decision
     result.kept_float = len(plan.kept_fp32)
+    result.calibration = prep.range_choice
     return Path(path), report_check(result, path)
 
 
