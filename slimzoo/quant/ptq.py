@@ -172,7 +172,8 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     if cfg.calibration == "auto":  # percentile or MSE, by output SQNR on the calibration images (quant.range_choice)
         from .range_choice import choose_ranges
 
-        ranges, choice = choose_ranges(model, plan, batches, cfg.percentile, symmetric)
+        ranges, choice = choose_ranges(model, plan, batches, cfg.percentile,
+                                       lambda r: compute_qparams(model, plan, r, symmetric=symmetric))
     else:
         ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges, symmetric=symmetric)

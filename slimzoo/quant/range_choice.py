@@ -49,13 +49,13 @@ def agreement(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
     return float(100 * np.mean(r.argmax(1) == o.argmax(1)))
 
 
-def choose_ranges(model, plan, batches: list, percentile: float, symmetric: bool, max_images: int = 128):
+def choose_ranges(model, plan, batches: list, percentile: float, to_qparams, max_images: int = 128):
     """(ranges, report): the activation ranges of the candidate method whose INT8 file's outputs are closest to
-    the FP32 model's on (up to ``max_images`` of) the calibration images."""
+    the FP32 model's on (up to ``max_images`` of) the calibration images. ``to_qparams(ranges)`` turns ranges into
+    the quantization parameters the file is written with."""
     import onnx
 
     from .calibrate import collect_ranges
-    from .ptq import compute_qparams
     from .qdq import write_qdq
 
     images, seen = [], 0
@@ -71,7 +71,7 @@ def choose_ranges(model, plan, batches: list, percentile: float, symmetric: bool
         ref = _outputs(fp32, images)
         for method in CANDIDATES:
             ranges = collect_ranges(model, plan.activations, batches, method=method, percentile=percentile)
-            path = write_qdq(model, plan, compute_qparams(model, plan, ranges, symmetric), Path(d) / f"{method}.onnx")
+            path = write_qdq(model, plan, to_qparams(ranges), Path(d) / f"{method}.onnx")
             out = _outputs(path, images)
             report[method] = (round(agreement(ref, out), 2), round(output_sqnr(ref, out), 2))
             if best is None or report[method] > report[best[0]]:  # agreement first, then SQNR
