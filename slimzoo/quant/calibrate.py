@@ -205,3 +205,14 @@ def iterate_tensors(model, tensors: list[str], batches: list[np.ndarray], thread
             yield t, v
         if input_name in tensors:
             yield input_name, x
+
+
+def first_images(batches: list, n: int) -> list:
+    """The first ``n`` images of a list of batches, as batches (the last one cut)."""
+    out, seen = [], 0
+    for b in batches:
+        if seen >= n:
+            break
+        out.append(b[: n - seen])
+        seen += len(out[-1])
+    return out

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import reject_unknown_keys
 from ..errors import ConfigError
-from .calibrate import collect_ranges
+from .calibrate import collect_ranges, first_images
 from .check import Int8Check, check_int8
 from .preprocess import preprocess
 from .qdq import QdqPlan, plan_qdq, unify_ranges, with_rescaled, write_qdq
@@ -101,16 +101,6 @@ def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]]
     return with_rescaled(plan, qp)
 
 
-def _first_images(batches: list, n: int) -> list:
-    out, seen = [], 0
-    for b in batches:
-        if seen >= n:
-            break
-        out.append(b[: n - seen])
-        seen += len(out[-1])
-    return out
-
-
 def calibration_set(batches: Iterable, num_images: int, batch_size: int) -> list[np.ndarray]:
     """The first ``num_images`` images of ``batches`` as float32 arrays of ``batch_size`` images.
 
@@ -180,12 +170,12 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     if cfg.adaround:
         from .adaround import AdaRoundConfig, adaround
 
-        qp = adaround(model, plan, qp, _first_images(batches, cfg.adaround_images),
+        qp = adaround(model, plan, qp, first_images(batches, cfg.adaround_images),
                       AdaRoundConfig(iters=cfg.adaround_iters))
     if cfg.bias_correction:
         from .bias_correction import correct_biases
 
-        qp = correct_biases(model, plan, qp, _first_images(batches, cfg.bias_correction_images))
+        qp = correct_biases(model, plan, qp, first_images(batches, cfg.bias_correction_images))
     return PreparedPTQ(model, plan, qp, batches, choice)
 
 

@@ -55,15 +55,11 @@ def choose_ranges(model, plan, batches: list, percentile: float, to_qparams, max
     the quantization parameters the file is written with."""
     import onnx
 
-    from .calibrate import collect_ranges
+    from .calibrate import collect_ranges, first_images
     from .qdq import write_qdq
 
-    images, seen = [], 0
-    for b in batches:
-        if seen >= max_images:
-            break
-        images.append(b[: max_images - seen])
-        seen += len(images[-1])
+    images = first_images(batches, max_images)
+    seen = sum(len(b) for b in images)
     report, best = {}, None
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "fp32.onnx"
