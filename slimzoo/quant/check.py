@@ -34,7 +34,7 @@ class Int8Check:
     # PTQConfig.stem == "auto": the first conv's measured choice {layers, chosen, int8_stem_ms, float_stem_ms}
     stem: dict | None = None
     kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
-    calibration: dict | None = None  # calibration="auto": {chosen, output_sqnr_db per method, images}
+    calibration: dict | None = None  # calibration="auto": {chosen, agreement_pct, output_sqnr_db per method, images}
 
     @property
     def speedup(self) -> float | None:

@@ -134,7 +134,7 @@ class PreparedPTQ:
     plan: QdqPlan
     qparams: QuantParams
     batches: list
-    range_choice: dict | None = None  # calibration="auto": the method kept and each candidate's output SQNR
+    range_choice: dict | None = None  # calibration="auto": the method kept, each candidate's agreement and SQNR
 
 
 def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None, *,
@@ -159,7 +159,7 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     plan = plan_qdq(model, keep, cfg.target)
     symmetric = cfg.target == "openvino"
     choice = None
-    if cfg.calibration == "auto":  # percentile or MSE, by output SQNR on the calibration images (quant.range_choice)
+    if cfg.calibration == "auto":  # percentile or MSE, by agreement with FP32 on calibration images (range_choice)
         from .range_choice import choose_ranges
 
         ranges, choice = choose_ranges(model, plan, batches, cfg.percentile,
@@ -206,9 +206,9 @@ def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, 
 
 def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None,
                      shape: tuple[int, ...], *, check: bool = True) -> tuple[Path, Int8Check | None]:
-    """``quantize_onnx``, then (with ``check``) the stem decision of ``cfg.stem == "auto"`` (the file written with
-    the first conv in int8 and in float, the faster kept) and the check of what ONNX Runtime makes of the file
-    (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
+    """What ``quantize_onnx`` does, then (with ``check``) the stem decision of ``cfg.stem == "auto"`` (the file
+    written with the first conv in int8 and in float, the faster kept) and the check of what ONNX Runtime makes of
+    the file (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
     import onnx
 
     cfg = cfg or PTQConfig()
@@ -221,7 +221,10 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
     stems = [s for s in stem_layers(onnx.load(str(fp32_path))) if s not in plan.kept_fp32]
     if cfg.stem == "auto" and stems and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
         alt = Path(path).with_name(Path(path).stem + ".float-stem.onnx")
-        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, PTQConfig(**{**cfg.to_dict(), "stem": "float"}))
+        # the same settings with the stem in float; a range method chosen by calibration="auto" is not chosen again
+        method = prep.range_choice["chosen"] if prep.range_choice else cfg.calibration
+        alt_cfg = PTQConfig(**{**cfg.to_dict(), "stem": "float", "calibration": method})
+        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, alt_cfg)
         decision = choose_stem(Path(path), alt, stems, shape)
         plan = alt_plan if decision["chosen"] == "float" else plan
     result = check_int8(fp32_path, path, shape)

@@ -330,17 +330,15 @@ def _openvino_data_movement(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
 
 def unify_ranges(plan: QdqPlan, qp: QuantParams) -> QuantParams:
     """Give each group of ``plan.unified`` one set of qparams covering all its tensors (symmetric, zero point 0)."""
-    from .qparams import TensorQParams
+    from .qparams import activation_qparams
 
     for group in plan.unified:
         qs = [qp.activations[t] for t in group if t in qp.activations]
         if len(qs) != len(group):
             continue
-        signed = any(q.signed or q.zero_point for q in qs)
-        lo = min(q.scale * (q.qrange[0] - q.zero_point) for q in qs)
+        lo = min(q.scale * (q.qrange[0] - q.zero_point) for q in qs)  # the range each tensor's grid covers
         hi = max(q.scale * (q.qrange[1] - q.zero_point) for q in qs)
-        amax = max(-lo, hi)
-        u = TensorQParams(float(np.float32(amax / (127 if signed else 255))), 0, signed)
+        u = activation_qparams(lo, hi, symmetric=True)
         for t in group:
             qp.activations[t] = u
     return qp
