@@ -295,3 +295,97 @@ def test_auto_calibration_keeps_the_range_method_that_agrees_more_with_fp32(tmp_
     ref = [np.array([[1.0, 2.0, 3.0], [0.0, 5.0, 1.0]])]
     assert range_choice.output_sqnr(ref, [ref[0] + 7.0]) > 100
     assert range_choice.agreement(ref, [np.array([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])]) == 50.0
+
+
+class DenseLike(nn.Module):
+    """DenseNet's pattern: a MaxPool, then dense layers whose Concat feeds a pre-activation BatchNorm, each layer's
+    output read by every later Concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(8 + 4 * k), nn.ReLU(), nn.Conv2d(8 + 4 * k, 4, 3, padding=1))
+            for k in range(3))
+        self.head = nn.Linear(20, 10)
+
+    def forward(self, x):
+        feats = [self.stem(x)]
+        for layer in self.layers:
+            feats.append(layer(torch.cat(feats, 1) if len(feats) > 1 else feats[0]))
+        return self.head(nn.functional.adaptive_avg_pool2d(torch.cat(feats, 1), 1).flatten(1))
+
+
+def test_openvino_target_concatenates_int8_before_a_batchnorm(tmp_path):
+    """For OpenVINO, a Concat that feeds a BatchNorm (DenseNet) reads quantized inputs that share one range, across
+    every Concat of the block, the MaxPool's input included; no quantizer on a Concat's output (measured: DenseNet-121
+    in OpenVINO as fast as NNCF's file, 1.3x faster than with the Concat in float)."""
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.qdq import plan_qdq
+
+    m = _warm(DenseLike())
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
+    plan = plan_qdq(onnx.load(str(fp32)), target="openvino")
+    g = onnx.load(str(fp32)).graph
+    cats = [n for n in g.node if n.op_type == "Concat"]
+    assert len(cats) == 3 and not any(n.output[0] in plan.activations for n in cats)
+    assert len(plan.unified) == 1  # the inputs of all three Concats: one group
+    producers = {o: n for n in g.node for o in n.output}
+    group = set(plan.unified[0])
+    assert sum(producers[t].op_type == "Conv" for t in group) == 3 and len(group) == 4  # + the MaxPool's source
+    path, _, _ = quantize_onnx(fp32, tmp_path / "ov.onnx", _batches(32), PTQConfig(target="openvino", stem="int8"))
+    q = onnx.load(str(path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.initializer}
+    qprod = {o: n for n in q.node for o in n.output}
+    scales = {float(inits[qprod[i].input[1]]) for n in q.node if n.op_type == "Concat" for i in n.input
+              if qprod[i].op_type == "DequantizeLinear"}
+    assert len(scales) == 1
+    from slimzoo.runtime import ort_session
+
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
+
+
+def test_openvino_target_quantizes_attention_matmuls(tmp_path):
+    """OpenVINO runs attention's activation x activation MatMuls in int8 (ViT-B/16: 144 -> 116 ms at one thread, NNCF's
+    file 104 ms); ONNX Runtime is faster with them in float."""
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.qdq import plan_qdq
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+        def forward(self, x):  # an image's pixels as tokens
+            q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).chunk(3, -1)
+            return self.proj(torch.softmax(q @ k.transpose(1, 2) * 0.25, -1) @ v)
+
+    fp32 = export_onnx(Attn().eval(), tmp_path / "a.onnx", torch.randn(1, 16, 2, 4))
+
+    def int8_inputs(target):  # activation MatMuls whose two inputs both come from a DequantizeLinear
+        path, _, _ = quantize_onnx(fp32, tmp_path / f"{target}.onnx", [torch.randn(4, 16, 2, 4)],
+                                   PTQConfig(target=target))
+        g = onnx.load(str(path)).graph
+        inits = {t.name for t in g.initializer}
+        producers = {o: n for n in g.node for o in n.output}
+
+        def dequantized(t):
+            p = producers.get(t)
+            while p is not None and p.op_type in ("Transpose", "Reshape", "Split", "Slice", "Squeeze"):
+                p = producers.get(p.input[0])
+            return p is not None and p.op_type == "DequantizeLinear"
+        mms = [n for n in g.node if n.op_type == "MatMul" and not any(
+            i in inits or producers.get(i) is not None and producers[i].input[0] in inits for i in n.input)]
+        assert len(mms) == 2
+        return sum(all(dequantized(i) for i in n.input) for n in mms)
+
+    assert int8_inputs("openvino") == 2
+    assert int8_inputs("onnxruntime") == 0

@@ -30,6 +30,8 @@ QUANT_IO = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Resize"
 # --target openvino: only the ops NNCF quantizes around (OpenVINO runs Sigmoid, Mul, Softmax, Resize in float and
 # pays for every Q/DQ pair around them: EfficientNet-B0's SiLU gates cost 2x at one thread with them quantized)
 OPENVINO_IO = {"Add", "Concat", "GlobalAveragePool", "AveragePool"}
+# per-channel affine ops that OpenVINO merges a dequantization into (see _find_region)
+OPENVINO_AFFINE = frozenset({"BatchNormalization"})
 BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no float constant operand
 # MatMul between two activations (attention's Q.K^T and A.V): left in float, as measured faster in ONNX Runtime
 # on torchvision's ViT (docs/quantization.md; benchmarks/qdq_placement.py toggles it)
@@ -136,18 +138,19 @@ class _Graph:
         v = _const_value(self.model, t)
         return float(np.asarray(v).ravel()[0]) if v is not None and np.asarray(v).size == 1 else None
 
-    def feeds(self, t: str, accept, seen: set) -> bool:
-        """Whether ``t`` reaches a node for which ``accept`` holds, through data movement (and ReLU) only."""
+    def feeds(self, t: str, accept, seen: set, through: frozenset = frozenset()) -> bool:
+        """Whether ``t`` reaches a node for which ``accept`` holds, through data movement (and ReLU) only, and
+        through the op types in ``through``."""
         for c in self.consumers[t]:
             if accept(c):
                 return True
             moves = (c.op_type in PASSTHROUGH and c.input[0] == t or c.op_type in ("Relu", "Clip")
-                     or c.name in self.rescale)
+                     or c.name in self.rescale or c.op_type in through)
             if moves and c.name not in self.keep_fp32:
                 for o in c.output:
                     if o not in seen:
                         seen.add(o)
-                        if self.feeds(o, accept, seen):
+                        if self.feeds(o, accept, seen, through):
                             return True
         return False
 
@@ -179,7 +182,7 @@ def _find_region(gr: _Graph) -> None:
             continue
         if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits:
             gr.region.add(n.name)
-        elif ACTIVATION_MATMUL and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
+        elif (ACTIVATION_MATMUL or gr.target == "openvino") and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
             gr.region.add(n.name)
     io = QUANT_IO if gr.target == "onnxruntime" else OPENVINO_IO
     for n in reversed(gr.g.node):
@@ -187,7 +190,10 @@ def _find_region(gr: _Graph) -> None:
             continue
         if n.op_type in BINARY and any(i in gr.consts and gr.scalar(i) is None for i in n.input):
             continue  # a constant tensor operand (a bias add, a layer scale) keeps the op in float
-        if gr.feeds(n.output[0], lambda c: c.name in gr.region, set()):
+        # OpenVINO: a Concat whose output is scaled per channel on its way to a conv (DenseNet's pre-activation
+        # BatchNorm) still concatenates int8 data; the runtime folds the dequantization into the BatchNorm
+        through = OPENVINO_AFFINE if gr.target == "openvino" and n.op_type == "Concat" else frozenset()
+        if gr.feeds(n.output[0], lambda c: c.name in gr.region, set(), through):
             gr.region.add(n.name)
 
 
@@ -318,14 +324,36 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
 def _openvino_data_movement(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
     """OpenVINO moves a dequantization through data movement by itself (MaxPool, Reshape, Concat of inputs on
     one scale), so a quantizer after them only costs time: no re-quantization of a passthrough's output, and the
-    inputs of a Concat on one shared range instead of a quantizer on its output. Measured against NNCF's files
+    inputs of a Concat on one shared range instead of a quantizer on its output. A Concat input that comes out of
+    a passthrough (DenseNet's first MaxPool) shares the range of the passthrough's quantized source. Inputs shared
+    by several Concats (a DenseNet block's) put all of them on one range. Measured against NNCF's files
     (docs/quantization.md)."""
+    source = dict(plan.shared)
     plan.shared = {}
+    quantized = set(acts)
+    groups: list[set[str]] = []
+
+    def resolve(t: str | None) -> str | None:  # the quantized tensor whose range ``t`` carries
+        while t is not None and t not in quantized:
+            t = source.get(t)
+        return t
+
     for n in gr.g.node:
-        if n.op_type == "Concat" and n.output[0] in acts and len(n.input) > 1 and all(i in acts for i in n.input) \
-                and not any(i in plan.rescaled for i in n.input):
-            acts.remove(n.output[0])
-            plan.unified.append(list(n.input))
+        if n.op_type != "Concat" or n.output[0] not in acts or len(n.input) < 2:
+            continue
+        srcs = [resolve(i) for i in n.input]
+        if any(s is None for s in srcs) or any(i in plan.rescaled for i in n.input):
+            continue
+        acts.remove(n.output[0])
+        quantized.discard(n.output[0])
+        source[n.output[0]] = srcs[0]  # a Concat of this Concat joins its group
+        group = set(srcs)
+        for other in [g for g in groups if g & group]:  # merge groups that share a tensor
+            group |= other
+            groups.remove(other)
+        groups.append(group)
+    order = {t: k for k, t in enumerate(acts)}
+    plan.unified = [sorted(g, key=order.__getitem__) for g in groups]
 
 
 def unify_ranges(plan: QdqPlan, qp: QuantParams) -> QuantParams:
