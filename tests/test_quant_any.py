@@ -389,3 +389,30 @@ def test_openvino_target_quantizes_attention_matmuls(tmp_path):
 
     assert int8_inputs("openvino") == 2
     assert int8_inputs("onnxruntime") == 0
+
+
+def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path):
+    """ONNX Runtime quantizes a float conv that reads a DequantizeLinear by itself, with per-tensor int8 weights; a
+    layer kept in float must run as written: the optimized session computes what the unoptimized one does."""
+    import onnx
+    import onnxruntime as ort
+
+    from slimzoo.export import export_onnx
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                      nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():  # channel weight ranges 1e-3 .. 10: per-tensor int8 rounds the small ones to zero
+        m[2].weight.mul_(torch.logspace(-3, 1, 8).view(8, 1, 1, 1))
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 16, 16))
+    kept = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv" and "2" in n.name)
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", [torch.randn(8, 3, 16, 16)],
+                               PTQConfig(keep_fp32=[kept], stem="int8"))
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+
+    def run(level):
+        so = ort.SessionOptions()
+        so.graph_optimization_level, so.log_severity_level = level, 3
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    as_written = run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    optimized = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    np.testing.assert_allclose(optimized, as_written, atol=1e-3 * float(np.abs(as_written).max()))
