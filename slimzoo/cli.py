@@ -211,7 +211,9 @@ def cmd_quant(args) -> None:
 
     task = _task(args)
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
-                    keep_fp32=args.keep_fp32 or [], bias_correction=args.bias_correction, adaround=args.adaround,
+                    keep_fp32=args.keep_fp32 or [], adaround=args.adaround,
+                    **({} if args.bias_correction is None else
+                       {"bias_correction": {"all": True, "none": False}.get(args.bias_correction, args.bias_correction)}),
                     adaround_iters=args.adaround_iters, target=args.target, stem=args.stem)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
@@ -517,8 +519,9 @@ def _add_quant(sub) -> None:
                          "whichever keeps the output closer to FP32 on the calibration images (try it on "
                          "Hardswish/SiLU networks)")
     sp.add_argument("--num-calibration", type=A.COUNT, default=256, help="training images used for calibration")
-    sp.add_argument("--bias-correction", action="store_true",
-                    help="correct each layer's mean output shift caused by quantization")
+    sp.add_argument("--bias-correction", nargs="?", const="all", choices=["all", "depthwise", "none"],
+                    help="correct each layer's mean output shift caused by quantization: all layers (the flag "
+                         "alone), depthwise convs only, or none")
     sp.add_argument("--adaround", action="store_true",
                     help="learn each weight's rounding (up or down) so layer outputs match FP32 (AdaRound); "
                          "slower: minutes on this CPU")

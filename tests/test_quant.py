@@ -255,6 +255,16 @@ def test_bias_correction_removes_mean_output_shift(tmp_path):
         out = np.concatenate([ort_session(p, 1).run(None, {"input": b.numpy()})[0] for b in batches])
         shift[bc] = float(np.abs((out - ref).mean(axis=0)).mean())
     assert shift[True] < shift[False]
+    # "depthwise" (the default) corrects the depthwise convs' biases and leaves every other layer's alone
+    _, qp, _ = quantize_onnx(fp32, tmp_path / "qdw.onnx", batches, PTQConfig())
+    import onnx
+
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
+              for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"}
+    assert qp.biases and all(groups.get(name, 1) > 1 for name in qp.biases)
+    assert len(qp.biases) == sum(g > 1 for g in groups.values())
+    with pytest.raises(Exception, match="bias_correction"):
+        PTQConfig(bias_correction="pointwise")
 
 
 @pytest.mark.parametrize("kind", ["normal", "relu", "relu6", "ties", "constant", "small"])

@@ -39,8 +39,15 @@ def _layer_fn(node):
     return None
 
 
-def correct_biases(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.ndarray]) -> QuantParams:
-    """Fill ``qp.biases`` with corrected float biases for every quantized Conv/Gemm that has a bias."""
+def is_depthwise(node) -> bool:
+    return node.op_type == "Conv" and _attr(node, "group", 1) > 1
+
+
+def correct_biases(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.ndarray],
+                   depthwise_only: bool = False) -> QuantParams:
+    """Fill ``qp.biases`` with corrected float biases for every quantized Conv/Gemm that has a bias (with
+    ``depthwise_only``, for the depthwise/grouped convs only: their few weights per channel leave the largest
+    systematic shift, docs/quantization.md)."""
     from onnx import numpy_helper
 
     from .calibrate import iterate_tensors
@@ -49,7 +56,7 @@ def correct_biases(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.n
     inits = {i.name: i for i in model.graph.initializer}
     layers = {}
     for name, (b, x, w) in plan.biases.items():
-        fn = _layer_fn(nodes[name])
+        fn = _layer_fn(nodes[name]) if not depthwise_only or is_depthwise(nodes[name]) else None
         x_src = plan.shared.get(x, x)
         if fn is None or x_src not in qp.activations:
             continue
