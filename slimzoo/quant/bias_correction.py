@@ -39,15 +39,11 @@ def _layer_fn(node):
     return None
 
 
-def is_depthwise(node) -> bool:
-    return node.op_type == "Conv" and _attr(node, "group", 1) > 1
-
-
 def correct_biases(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.ndarray],
                    depthwise_only: bool = False) -> QuantParams:
     """Fill ``qp.biases`` with corrected float biases for every quantized Conv/Gemm that has a bias (with
-    ``depthwise_only``, for the depthwise/grouped convs only: their few weights per channel leave the largest
-    systematic shift, docs/quantization.md)."""
+    ``depthwise_only``, for the depthwise convs only, one input channel per output channel: their few weights per
+    channel leave a systematic shift, docs/quantization.md)."""
     from onnx import numpy_helper
 
     from .calibrate import iterate_tensors
@@ -56,11 +52,14 @@ def correct_biases(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.n
     inits = {i.name: i for i in model.graph.initializer}
     layers = {}
     for name, (b, x, w) in plan.biases.items():
-        fn = _layer_fn(nodes[name]) if not depthwise_only or is_depthwise(nodes[name]) else None
+        fn = _layer_fn(nodes[name])
         x_src = plan.shared.get(x, x)
         if fn is None or x_src not in qp.activations:
             continue
         w_fp = torch.from_numpy(numpy_helper.to_array(inits[w]).astype(np.float32))
+        if depthwise_only and not (nodes[name].op_type == "Conv" and _attr(nodes[name], "group", 1) > 1
+                                   and w_fp.shape[1] == 1):
+            continue
         w_q = torch.from_numpy(qp.weights[w].dequantize())
         layers[name] = (x, fn, w_fp, w_q, qp.activations[x_src])
     inputs = sorted({v[0] for v in layers.values()})
