@@ -37,23 +37,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"none": False, "all layers": True, "depthwise only": "depthwise"}
 
 
+def classifier_rows(title: str, model, task, val, d: Path) -> list[str]:
+    """The three settings on one trained classifier: Top-1 drop and agreement with FP32 on ``val``."""
+    calib = [b[0] if isinstance(b, (list, tuple)) else b for b in task.calibration_batches(256, 32)]
+    fp32 = export_onnx(model, d / "fp32.onnx", task.example_inputs())
+    ref, true = predictions(val, OnnxPredictor(fp32))
+    lines = []
+    for label, bc in SETTINGS.items():
+        out, _, _ = quantize_onnx(fp32, d / f"{label}.onnx", calib, PTQConfig(bias_correction=bc, stem="int8"))
+        pred, _ = predictions(val, OnnxPredictor(out))
+        lines.append(f"| {title}, Top-1 {100 * (ref == true).mean():.2f}) | {label} | "
+                     f"drop {100 * ((ref == true).mean() - (pred == true).mean()):.2f} | "
+                     f"{100 * (pred == ref).mean():.2f} | - | - |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def synthetic_rows(args, d: Path) -> list[str]:
     zoo = Zoo(Path(args.zoo), profile_name="default")
     lines = []
     for name in args.models:
         model, task = trained(zoo, name, Path(args.zoo) / "bench_trained")
         val = heldout_task(zoo, "cls-mobilenet_v2-none", args.num_val)
-        calib = [b[0] if isinstance(b, (list, tuple)) else b for b in task.calibration_batches(256, 32)]
-        fp32 = export_onnx(fold_batchnorm(model), d / f"{name}.onnx", task.example_inputs())
-        ref, true = predictions(val, OnnxPredictor(fp32))
-        for label, bc in SETTINGS.items():
-            out, _, _ = quantize_onnx(fp32, d / f"{name}-{label}.onnx", calib,
-                                      PTQConfig(bias_correction=bc, stem="int8"))
-            pred, _ = predictions(val, OnnxPredictor(out))
-            lines.append(f"| {name} (synth-cls, Top-1 {100 * (ref == true).mean():.2f}) | {label} | "
-                         f"drop {100 * ((ref == true).mean() - (pred == true).mean()):.2f} | "
-                         f"{100 * (pred == ref).mean():.2f} | - | - |")
-            print(lines[-1], flush=True)
+        lines += classifier_rows(f"{name} (synth-cls", fold_batchnorm(model), task, val, d)
     return lines
 
 
@@ -64,18 +70,7 @@ def zoo_rows(args, d: Path) -> list[str]:
     for name in args.zoo_models:
         row_id = f"cls-{name}-none"
         model, task = zoo.baseline(row_id)
-        val = heldout_task(zoo, row_id, args.num_val)
-        calib = list(task.calibration_batches(256, 32))
-        fp32 = export_onnx(model, d / f"{name}.onnx", task.example_inputs())
-        ref, true = predictions(val, OnnxPredictor(fp32))
-        for label, bc in SETTINGS.items():
-            out, _, _ = quantize_onnx(fp32, d / f"{name}-{label}.onnx", calib,
-                                      PTQConfig(bias_correction=bc, stem="int8"))
-            pred, _ = predictions(val, OnnxPredictor(out))
-            lines.append(f"| {name} (zoo row {row_id}, Top-1 {100 * (ref == true).mean():.2f}) | {label} | "
-                         f"drop {100 * ((ref == true).mean() - (pred == true).mean()):.2f} | "
-                         f"{100 * (pred == ref).mean():.2f} | - | - |")
-            print(lines[-1], flush=True)
+        lines += classifier_rows(f"{name} (zoo row {row_id}", model, task, heldout_task(zoo, row_id, args.num_val), d)
     return lines
 
 
