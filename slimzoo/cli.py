@@ -521,7 +521,7 @@ def _add_quant(sub) -> None:
     sp.add_argument("--num-calibration", type=A.COUNT, default=256, help="training images used for calibration")
     sp.add_argument("--bias-correction", nargs="?", const="all", choices=["all", "depthwise", "none"],
                     help="correct each layer's mean output shift caused by quantization: all layers (the flag "
-                         "alone), depthwise convs only, or none")
+                         "alone), depthwise convs only (the default), or none")
     sp.add_argument("--adaround", action="store_true",
                     help="learn each weight's rounding (up or down) so layer outputs match FP32 (AdaRound); "
                          "slower: minutes on this CPU")
