@@ -62,11 +62,12 @@ def main() -> None:
         for variant, (out_of, act_mm, only) in VARIANTS.items():
             if only is not None and name not in only:
                 continue
-            qdq.QUANT_IO, qdq.ACTIVATION_MATMUL = set(DEFAULT_QUANT_IO - out_of), act_mm
+            default_mm = dict(qdq.ACTIVATION_MATMUL)
+            qdq.QUANT_IO, qdq.ACTIVATION_MATMUL = set(DEFAULT_QUANT_IO - out_of), {**default_mm, "onnxruntime": act_mm}
             try:
                 path, _, _ = quantize_onnx(fp32, d / f"v{len(files)}.onnx", calib)
             finally:
-                qdq.QUANT_IO, qdq.ACTIVATION_MATMUL = set(DEFAULT_QUANT_IO), False
+                qdq.QUANT_IO, qdq.ACTIVATION_MATMUL = set(DEFAULT_QUANT_IO), default_mm
             c = integer_layers(path)
             files[variant] = path
             info[variant] = {"integer": f"{c.integer}/{c.total}", "act_matmul_float": c.activation_matmuls,

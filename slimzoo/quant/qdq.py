@@ -33,9 +33,10 @@ OPENVINO_IO = {"Add", "Concat", "GlobalAveragePool", "AveragePool"}
 # per-channel affine ops that OpenVINO merges a dequantization into (see _find_region)
 OPENVINO_AFFINE = frozenset({"BatchNormalization"})
 BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no float constant operand
-# MatMul between two activations (attention's Q.K^T and A.V): left in float, as measured faster in ONNX Runtime
-# on torchvision's ViT (docs/quantization.md; benchmarks/qdq_placement.py toggles it)
-ACTIVATION_MATMUL = False
+# MatMul between two activations (attention's Q.K^T and A.V), per target runtime: float in ONNX Runtime, as measured
+# faster on torchvision's ViT (benchmarks/qdq_placement.py toggles it); int8 in OpenVINO (ViT-B/16 144 -> 116 ms at
+# one thread, docs/quantization.md)
+ACTIVATION_MATMUL = {"onnxruntime": False, "openvino": True}
 PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
                "Gather"}
 
@@ -182,7 +183,7 @@ def _find_region(gr: _Graph) -> None:
             continue
         if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits:
             gr.region.add(n.name)
-        elif (ACTIVATION_MATMUL or gr.target == "openvino") and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
+        elif ACTIVATION_MATMUL[gr.target] and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
             gr.region.add(n.name)
     io = QUANT_IO if gr.target == "onnxruntime" else OPENVINO_IO
     for n in reversed(gr.g.node):
