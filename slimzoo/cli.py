@@ -210,10 +210,9 @@ def cmd_quant(args) -> None:
     from .storage import write_json
 
     task = _task(args)
+    bias_correction = {"all": True, "none": False, "depthwise": "depthwise"}[args.bias_correction]
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
-                    keep_fp32=args.keep_fp32 or [], adaround=args.adaround,
-                    **({} if args.bias_correction is None else
-                       {"bias_correction": {"all": True, "none": False}.get(args.bias_correction, args.bias_correction)}),
+                    keep_fp32=args.keep_fp32 or [], bias_correction=bias_correction, adaround=args.adaround,
                     adaround_iters=args.adaround_iters, target=args.target, stem=args.stem)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
@@ -519,7 +518,8 @@ def _add_quant(sub) -> None:
                          "whichever keeps the output closer to FP32 on the calibration images (try it on "
                          "Hardswish/SiLU networks)")
     sp.add_argument("--num-calibration", type=A.COUNT, default=256, help="training images used for calibration")
-    sp.add_argument("--bias-correction", nargs="?", const="all", choices=["all", "depthwise", "none"],
+    sp.add_argument("--bias-correction", nargs="?", const="all", default="depthwise",
+                    choices=["all", "depthwise", "none"],
                     help="correct each layer's mean output shift caused by quantization: all layers (the flag "
                          "alone), depthwise convs only (the default), or none")
     sp.add_argument("--adaround", action="store_true",
