@@ -69,3 +69,26 @@ def test_training_and_evaluation_on_a_gpu(synth_cls):
                 TrainConfig(epochs=1, batch_size=16, device="cuda"), progress=False)
     assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU, ready to export
     assert task.evaluate(TorchPredictor(model, "cuda"))["num_images"] == 48
+
+
+def test_autocast_training_keeps_depthwise_convs_in_float32_and_leaves_the_model_as_it_was():
+    from slimzoo.training import depthwise_in_float32
+
+    torch.manual_seed(0)
+    model = slimzoo.create_model("mobilenet_v2", num_classes=4, width_mult=0.25)
+    dtypes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: dtypes.__setitem__(n, (m.groups > 1, o.dtype)))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    x = torch.randn(2, 3, 32, 32)
+    with depthwise_in_float32(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()  # gradients flow through the float32 layers
+    assert {dt for dw, dt in dtypes.values() if dw} == {torch.float32}
+    assert {dt for dw, dt in dtypes.values() if not dw} == {torch.bfloat16}
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left behind (export, pickling)
+    with depthwise_in_float32(model, enabled=False), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert {dt for dw, dt in dtypes.values()} == {torch.bfloat16}
+    for h in hooks:
+        h.remove()
