@@ -347,6 +347,8 @@ def test_openvino_target_concatenates_int8_before_a_batchnorm(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ref = m(x).numpy()
+    from slimzoo.runtime import ort_session
+
     out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
 
@@ -416,3 +418,41 @@ def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path):
     as_written = run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     optimized = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     np.testing.assert_allclose(optimized, as_written, atol=1e-3 * float(np.abs(as_written).max()))
+
+
+class _TwoFloatReaders(nn.Module):  # ResNet's first block: one tensor read by two convs (main path, downsample)
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        return self.a(y) + self.b(y)
+
+
+def test_two_float_layers_reading_one_quantized_tensor_share_its_per_channel_twin(tmp_path):
+    """Both readers kept in float (as the per-layer analysis does, one layer quantized at a time): one twin
+    DequantizeLinear, a valid file (a duplicate initializer name made the zoo's ResNet50 analysis fail)."""
+    import onnx
+
+    from slimzoo.export import export_onnx
+
+    torch.manual_seed(0)
+    m = _TwoFloatReaders().eval()
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 16, 16))
+    readers = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"][1:]
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", [torch.randn(8, 3, 16, 16)],
+                               PTQConfig(keep_fp32=readers, stem="int8"))
+    q = onnx.load(str(path))
+    onnx.checker.check_model(q)
+    twins = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("_per_channel")]
+    assert len(twins) == 1
+    assert sorted(n.name for n in q.graph.node if n.op_type == "Conv" and n.input[0] == twins[0].output[0]) \
+        == sorted(readers)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    from slimzoo.runtime import ort_session
+
+    out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99

@@ -580,7 +580,7 @@ class _Writer:
                     else:
                         channels = w[0]
                     key = f"{dq.output[0]}_per_channel"
-                    if key not in twins:
+                    if dq.output[0] not in twins:  # one twin per tensor, however many float layers read it
                         scale = numpy_helper.to_array(arrays[dq.input[1]])
                         zp = numpy_helper.to_array(arrays[dq.input[2]])
                         self._init(np.full(channels, scale, scale.dtype), f"{key}_scale")
