@@ -124,6 +124,8 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
     (the training settings, steps per epoch, the model's parameter shapes, and the caller's ``fingerprint``, e.g.
     the dataset and model names): a resume whose fingerprint differs is refused, naming what differs.
     """
+    from tqdm import tqdm
+
     seed_everything(cfg.seed)
     steps_per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     if steps_per_epoch == 0:
@@ -152,54 +154,44 @@ def fit(model: nn.Module, loader: Iterable, loss_fn: Callable, cfg: TrainConfig,
     if distributed.active():  # torchrun: gradients averaged across ranks, each rank on its own data shard
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         progress = progress and distributed.is_main()
-    with depthwise_in_float32(model, cfg.amp and device.type == "cpu"):
-        _run_epochs(model, net, loader, loss_fn, cfg, opt, sched, device, start, steps_per_epoch, total_steps, fp,
-                    state_path, progress, on_epoch_end, on_step)
+    with depthwise_in_float32(model, cfg.amp and device.type == "cpu"):  # bf16 depthwise is slow on CPUs
+        for epoch in range(start, cfg.epochs):
+            seed_everything(cfg.seed * 1000 + epoch)  # same batches and augmentations whether or not we resumed
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            model.train()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=None if progress else True)  # None: bars only on a terminal
+            run_loss, n = 0.0, 0
+            for step, (images, targets) in enumerate(bar):
+                if step >= steps_per_epoch:
+                    break
+                if on_step:
+                    on_step(epoch * steps_per_epoch + step, total_steps)
+                images, targets = to_device(images, device), to_device(targets, device)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    out = net(images)
+                loss = loss_fn(_to_float(out), targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                run_loss, n = run_loss + loss.item(), n + 1
+                bar.set_postfix(loss=f"{run_loss / n:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            if progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {run_loss / max(1, n):.4f}", flush=True)
+            if state_path and distributed.is_main():
+                st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "fingerprint": json.dumps(fp)}
+                atomic_write(state_path, partial(torch.save, st))
+            distributed.barrier()
+            if on_epoch_end:
+                on_epoch_end(epoch, model)
     return model.to(memory_format=torch.contiguous_format).to("cpu").eval()
-
-
-def _run_epochs(model, net, loader, loss_fn, cfg, opt, sched, device, start, steps_per_epoch, total_steps, fp,
-                state_path, progress, on_epoch_end, on_step) -> None:
-    from tqdm import tqdm
-
-    from . import distributed
-
-    for epoch in range(start, cfg.epochs):
-        seed_everything(cfg.seed * 1000 + epoch)  # same batches and augmentations whether or not we resumed
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True)  # None: bars only on a terminal
-        run_loss, n = 0.0, 0
-        for step, (images, targets) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            if on_step:
-                on_step(epoch * steps_per_epoch + step, total_steps)
-            images, targets = to_device(images, device), to_device(targets, device)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                out = net(images)
-            loss = loss_fn(_to_float(out), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run_loss, n = run_loss + loss.item(), n + 1
-            bar.set_postfix(loss=f"{run_loss / n:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {run_loss / max(1, n):.4f}", flush=True)
-        if state_path and distributed.is_main():
-            st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "fingerprint": json.dumps(fp)}
-            atomic_write(state_path, partial(torch.save, st))
-        distributed.barrier()
-        if on_epoch_end:
-            on_epoch_end(epoch, model)
 
 
 @contextmanager
@@ -208,8 +200,8 @@ def depthwise_in_float32(model: nn.Module, enabled: bool = True):
 
     oneDNN's bfloat16 depthwise convolution is slow to train on the CPU (forward plus backward of a 3x3 stride-2
     depthwise conv, batch 16: 5-13x the float32 time; stride 1: 1.5x), while dense convs gain from bfloat16 on AMX
-    CPUs. Keeping the depthwise layers in float32 made an autocast training step of YOLOv3-MobileNetV1 1.4x faster
-    and DeepLabv3-MobileNetV2's 1.15x (``benchmarks/train_step_time.py``). The other layers still autocast."""
+    CPUs. Keeping the depthwise layers in float32 made an autocast training step of YOLOv3-MobileNetV1 1.25-1.4x
+    faster and DeepLabv3-MobileNetV2's 1.15-1.6x (two side-by-side timings, ``benchmarks/train_step_time.py``). The other layers still autocast."""
     convs = [m for m in model.modules()
              if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
              and "forward" not in m.__dict__] if enabled else []
