@@ -181,6 +181,20 @@ def test_threshold_search_meets_flops_target_and_respects_losses(tmp_path):
         search_threshold(m, X, sens, 0.99)
 
 
+def test_flops_after_is_remembered_per_kept_channels_and_matches_a_fresh_count():
+    from slimzoo.prune.core import FlopsAfter, flops_after
+
+    m = _model()
+    flops = FlopsAfter(m, X)
+    a = {"features.3.pw.0": 0.5, "features.5.pw.0": 0.25}
+    assert flops(a) == flops_after(m, X, a)
+    # 0.52 keeps the same 32 of 64 channels, and a ratio of 0 (or one that keeps everything) prunes nothing
+    assert flops({"features.3.pw.0": 0.52, "features.5.pw.0": 0.25, "features.7.pw.0": 0.0}) == flops(a)
+    assert flops.computed == 1
+    b = {"features.3.pw.0": 0.75}
+    assert flops(b) == flops_after(m, X, b) < flops_after(m, X, {}) and flops.computed == 2
+
+
 def test_prune_api_and_config(tmp_path):
     m = _model()
     cfg = PruneConfig.from_dict({"flops_reduction": 0.3, "method": "sensitivity", "sensitivity": {"stop_loss": 1}})

@@ -297,12 +297,17 @@ def _prune_layer(model: nn.Module, dg, layer: str, idxs: list[int], source: str 
 
 
 def apply_ratios(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float], *,
-                 importance_name: str = "l1", round_to: int = 8, dg=None) -> PruningRecord:
-    """Prune ``model`` in place: group ``name`` loses ``ratio`` of its channels (rounded), least important first."""
+                 importance_name: str = "l1", round_to: int = 8, dg=None, measure: bool = True) -> PruningRecord:
+    """Prune ``model`` in place: group ``name`` loses ``ratio`` of its channels (rounded), least important first.
+
+    With ``measure`` (the default) the record carries FLOPs and parameters before and after; a sensitivity sweep,
+    which only evaluates the pruned model, turns it off (two counts cost more than pruning one group).
+    """
     from ..bench import count_flops_params
 
     dg = dg or build_graph(model, example_inputs)
-    flops0, params0 = count_flops_params(model, example_inputs)
+    if measure:
+        flops0, params0 = count_flops_params(model, example_inputs)
     imp = importance(importance_name)
     rec = PruningRecord(input_shape=list(example_inputs.shape), importance=importance_name, round_to=round_to)
     for name, ratio in ratios.items():
@@ -323,8 +328,9 @@ def apply_ratios(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping
         rec.ratios[name] = round(float(ratio), 4)
         rec.channels[name] = [n, keep]
     check_forward(model, example_inputs, list(rec.channels))
-    flops1, params1 = count_flops_params(model, example_inputs)
-    rec.flops, rec.params = [flops0, flops1], [params0, params1]
+    if measure:
+        flops1, params1 = count_flops_params(model, example_inputs)
+        rec.flops, rec.params = [flops0, flops1], [params0, params1]
     return rec
 
 
@@ -355,6 +361,38 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
             _prune_layer(m, dg, name, _drop_idxs(-torch.arange(n, dtype=torch.float32), n, keep, divisor))
     check_forward(m, example_inputs, list(ratios))
     return count_flops_params(m, example_inputs)[0]
+
+
+class FlopsAfter:
+    """``flops_after`` for one model and rounding, remembered per set of kept channel counts.
+
+    Searches over ratios (a loss threshold, a uniform ratio, a mix of two choices) ask again and again for ratios
+    that keep the same channels; each new count prunes a copy of the model and traces it, a fraction of a second.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, round_to: int = 8):
+        self.model, self.example_inputs, self.round_to = model, example_inputs, round_to
+        self._dg = build_graph(model, example_inputs)
+        self._shape: dict[str, tuple[int, int]] = {}  # group name -> (channels, divisor) in the unpruned model
+        self._cache: dict[tuple, int] = {}
+        self.computed = 0  # distinct counts traced
+
+    def _keep(self, name: str, ratio: float) -> int:
+        if name not in self._shape:
+            module = self.model.get_submodule(name)
+            n = _out_channels(module)
+            self._shape[name] = n, channel_divisor(self._dg.get_pruning_group(module, _pruning_fn(module),
+                                                                               list(range(n))))
+        n, divisor = self._shape[name]
+        return channels_to_keep(n, float(ratio), self.round_to, divisor)
+
+    def __call__(self, ratios: Mapping[str, float]) -> int:
+        keeps = ((name, self._keep(name, r)) for name, r in ratios.items())
+        key = tuple(sorted((name, k) for name, k in keeps if k < self._shape[name][0]))
+        if key not in self._cache:
+            self._cache[key] = flops_after(self.model, self.example_inputs, ratios, round_to=self.round_to)
+            self.computed += 1
+        return self._cache[key]
 
 
 def check_forward(model: nn.Module, example_inputs: torch.Tensor, pruned: list[str]) -> None:

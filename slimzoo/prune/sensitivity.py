@@ -31,10 +31,10 @@ from ..errors import ConfigError
 from ..storage import read_json, write_json
 from .core import (
     IMPORTANCES,
+    FlopsAfter,
     apply_ratios,
     build_graph,
     channels_to_keep,
-    flops_after,
     prunable_groups,
 )
 
@@ -143,7 +143,7 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
                 bar.set_postfix(layer=g.name[-24:], ratio=ratio)
                 m = copy.deepcopy(model)
                 apply_ratios(m, example_inputs, {g.name: ratio}, importance_name=cfg.importance,
-                             round_to=cfg.round_to)
+                             round_to=cfg.round_to, measure=False)
                 with distributed.local():  # ranks evaluate different models: no sharding, no reduction
                     value = float(evaluate(m))
                 point = {"ratio": ratio, "keep": keep, "metric": value,
@@ -239,10 +239,11 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
     from ..bench import count_flops_params
 
     flops0 = count_flops_params(model, example_inputs)[0]
+    flops = FlopsAfter(model, example_inputs, round_to)
     losses = [p["loss"] for e in sens["layers"].values() for p in e["points"]]
     hi = max(losses + [0.0]) + 1e-6
     ratios = ratios_for_threshold(sens, hi)
-    best = (ratios, hi, _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to)))
+    best = (ratios, hi, _reduction(flops0, flops(ratios)))
     if best[2] < flops_reduction:
         raise ConfigError(f"the sensitivity file allows at most {best[2]:.1%} FLOPs reduction (every layer at its "
                           f"largest measured ratio), short of {flops_reduction:.1%}; analyse larger ratios "
@@ -252,7 +253,7 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
     for _ in range(iters):
         mid = (lo + hi) / 2
         ratios = ratios_for_threshold(sens, mid)
-        red = _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to))
+        red = _reduction(flops0, flops(ratios))
         if red >= flops_reduction:
             hi, best = mid, (ratios, mid, red)
         else:
@@ -260,19 +261,20 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
         if hi - lo < 1e-5:
             break
     ratios, red = refine_to_target(model, example_inputs, below, best[0::2], flops_reduction, flops0,
-                                   round_to=round_to)
+                                   round_to=round_to, flops=flops)
     return ratios, best[1], red
 
 
 def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tuple[dict, float],
                      above: tuple[dict, float], target: float, flops0: int, *, round_to: int = 8,
-                     tolerance: float = 0.02) -> tuple[dict[str, float], float]:
+                     tolerance: float = 0.02, flops: FlopsAfter | None = None) -> tuple[dict[str, float], float]:
     """Ratios between two neighbouring choices (one short of ``target``, one past it) that land closest to it.
 
     One step of a ratio (or of the sensitivity threshold) moves every layer at once, and with channels rounded
     to 8, or grouped convolutions losing a channel per group, that step can be many FLOPs points. Here the layers
     take the larger ratio one at a time, in network order, binary-searched on the count.
     """
+    flops = flops or FlopsAfter(model, example_inputs, round_to)
     (lo_ratios, lo_red), (hi_ratios, hi_red) = below, above
     if hi_red - target <= tolerance / 2 or not lo_ratios and not hi_ratios:
         return hi_ratios, hi_red
@@ -288,7 +290,7 @@ def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tupl
     while b - a > 1:
         k = (a + b) // 2
         r = mixed(k)
-        red = _reduction(flops0, flops_after(model, example_inputs, r, round_to=round_to))
+        red = _reduction(flops0, flops(r))
         if abs(red - target) < abs(best[1] - target):
             best = (r, red)
         if red >= target:
@@ -305,12 +307,13 @@ def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reductio
 
     names = [g.name for g in prunable_groups(model, build_graph(model, example_inputs), list(ignored))]
     flops0 = count_flops_params(model, example_inputs)[0]
+    flops = FlopsAfter(model, example_inputs, round_to)
     lo, hi = 0.0, 0.95
     best, below = None, ({}, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
         ratios = dict.fromkeys(names, round(mid, 4))
-        red = _reduction(flops0, flops_after(model, example_inputs, ratios, round_to=round_to))
+        red = _reduction(flops0, flops(ratios))
         if red >= flops_reduction:
             hi, best = mid, (ratios, red)
         else:
@@ -318,7 +321,8 @@ def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reductio
     if best is None:
         raise ConfigError(f"uniform pruning cannot remove {flops_reduction:.1%} of the FLOPs (every prunable layer "
                           f"at 95% reaches {below[1]:.1%}); ask for less, or prune layers now ignored")
-    return refine_to_target(model, example_inputs, below, best, flops_reduction, flops0, round_to=round_to)
+    return refine_to_target(model, example_inputs, below, best, flops_reduction, flops0, round_to=round_to,
+                            flops=flops)
 
 
 def draw_sensitivity(sens: dict, ax, legend: bool = True) -> None:
