@@ -33,6 +33,17 @@ def _type_ok(value, default) -> bool:
     return isinstance(value, type(default))
 
 
+_EXEMPLARS = {"bool": False, "int": 0, "float": 0.0, "str": "", "dict": {}, "list": [], "tuple": ()}
+
+
+def _field_ok(f: dataclasses.Field, value) -> bool:
+    """``_type_ok`` against every type of a union annotation (``bool | str``, ``float | None``), else the default's."""
+    parts = [t.strip() for t in f.type.split("|")] if isinstance(f.type, str) else []
+    if len(parts) > 1 and all(t in _EXEMPLARS or t == "None" for t in parts):
+        return any(value is None if t == "None" else _type_ok(value, _EXEMPLARS[t]) for t in parts)
+    return _type_ok(value, _default(f))
+
+
 def reject_unknown_keys(cls, d: dict | None, what: str) -> dict:
     """A copy of ``d``, or a ConfigError naming the keys that ``cls`` does not have or values of the wrong type."""
     if d is not None and not isinstance(d, dict):
@@ -43,10 +54,10 @@ def reject_unknown_keys(cls, d: dict | None, what: str) -> dict:
     if unknown:
         raise ConfigError(f"unknown {what} setting(s) {sorted(map(str, unknown))}; known: {sorted(known)}")
     for name, value in d.items():
-        default = _default(known[name])
-        if not _type_ok(value, default):
-            raise ConfigError(f"{what} setting {name!r} must be a {type(default).__name__} "
-                              f"(like {default!r}), got {value!r}")
+        if not _field_ok(known[name], value):
+            default, kind = _default(known[name]), known[name].type
+            kind = kind if isinstance(kind, str) and "|" in kind else type(default).__name__
+            raise ConfigError(f"{what} setting {name!r} must be a {kind} (like {default!r}), got {value!r}")
     return d
 
 

@@ -369,3 +369,22 @@ def test_qat_config_rejects_bad_values_however_built(kw):
         QATConfig(**kw)  # as the CLI builds it
     with pytest.raises(ConfigError):
         QATConfig.from_dict(kw)  # as a recipe does
+
+
+def test_settings_typed_as_a_union_take_every_member_from_a_recipe():
+    from slimzoo.errors import ConfigError
+    from slimzoo.quant import PTQConfig
+    from slimzoo.quant.qat import QATConfig
+    from slimzoo.training import TrainConfig
+
+    # bias_correction: bool | str; a recipe's `bias_correction: false` was refused as "must be a str"
+    assert [PTQConfig.from_dict({"bias_correction": v}).bias_correction for v in (False, True, "depthwise")] == \
+        [False, True, "depthwise"]
+    assert QATConfig.from_dict({"max_steps": None}).max_steps is None  # int | None
+    assert TrainConfig.from_dict({"num_workers": 2}).num_workers == 2
+    with pytest.raises(ConfigError, match="num_workers' must be a int | None"):  # was taken: default None
+        TrainConfig.from_dict({"num_workers": "two"})
+    with pytest.raises(ConfigError, match="bias_correction' must be a bool | str"):
+        PTQConfig.from_dict({"bias_correction": 3})
+    with pytest.raises(ConfigError, match="num_calibration' must be a int"):
+        PTQConfig.from_dict({"num_calibration": "many"})
