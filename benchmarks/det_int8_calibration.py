@@ -5,7 +5,7 @@ five variants on both detectors; 2026-12-03: bias correction of the depthwise co
 off, on a retrained YOLOv3-MobileNetV1).
 
     python benchmarks/det_int8_calibration.py >> benchmarks/results/det_int8_calibration.jsonl
-    python benchmarks/det_int8_calibration.py --rows det-yolov3_mobilenet_v1-coco-none --variants "mse" "mse, no bias correction"
+    python benchmarks/det_int8_calibration.py --rows det-yolov3_mobilenet_v1-coco-none --variants mse minmax
 """
 import argparse
 import json

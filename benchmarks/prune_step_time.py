@@ -42,10 +42,11 @@ def main():
                                       evaluate=lambda m: task.evaluate(TorchPredictor(m), limit=limit)[task.metric],
                                       metric_name=task.metric, progress=False)
             seconds = time.perf_counter() - t0
+        sha = hashlib.sha256(json.dumps(rec.ratios, sort_keys=True).encode()).hexdigest()[:12]
         print(json.dumps({"label": args.label, "slimzoo": str(Path(slimzoo.__file__).parent), "row": row,
                           "seconds": round(seconds, 1), "evaluations": info.get("sensitivity_evaluations"),
                           "flops_reduction": info["flops_reduction"], "round_to": info["round_to"],
-                          "ratios_sha": hashlib.sha256(json.dumps(rec.ratios, sort_keys=True).encode()).hexdigest()[:12]}),
+                          "ratios_sha": sha}),
               flush=True)
 
 

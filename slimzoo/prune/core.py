@@ -382,7 +382,8 @@ class FlopsAfter:
             try:
                 module = self.model.get_submodule(name)
             except AttributeError:
-                raise CheckpointError(f"pruning: layer {name!r} does not exist in {type(self.model).__name__}") from None
+                raise CheckpointError(f"pruning: layer {name!r} does not exist in "
+                                      f"{type(self.model).__name__}") from None
             n = _out_channels(module)
             self._shape[name] = n, channel_divisor(self._dg.get_pruning_group(module, _pruning_fn(module),
                                                                                list(range(n))))
