@@ -38,7 +38,7 @@ _EXEMPLARS = {"bool": False, "int": 0, "float": 0.0, "str": "", "dict": {}, "lis
 
 def _field_ok(f: dataclasses.Field, value) -> bool:
     """``_type_ok`` against every type of a union annotation (``bool | str``, ``float | None``), else the default's."""
-    parts = [t.strip() for t in f.type.split("|")] if isinstance(f.type, str) else []
+    parts = [t.strip() for t in str(f.type).split("|")]  # a string under `from __future__ import annotations`
     if len(parts) > 1 and all(t in _EXEMPLARS or t == "None" for t in parts):
         return any(value is None if t == "None" else _type_ok(value, _EXEMPLARS[t]) for t in parts)
     return _type_ok(value, _default(f))
@@ -56,7 +56,7 @@ def reject_unknown_keys(cls, d: dict | None, what: str) -> dict:
     for name, value in d.items():
         if not _field_ok(known[name], value):
             default, kind = _default(known[name]), known[name].type
-            kind = kind if isinstance(kind, str) and "|" in kind else type(default).__name__
+            kind = str(kind) if "|" in str(kind) else type(default).__name__
             raise ConfigError(f"{what} setting {name!r} must be a {kind} (like {default!r}), got {value!r}")
     return d
 

@@ -345,6 +345,16 @@ def replay(model: nn.Module, record: PruningRecord | Mapping, source: str = "pru
     return model
 
 
+def _group_shape(model: nn.Module, dg, name: str) -> tuple[int, int]:
+    """(output channels, channel divisor) of the group led by layer ``name``; a CheckpointError if there is none."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise CheckpointError(f"pruning: layer {name!r} does not exist in {type(model).__name__}") from None
+    n = _out_channels(module)
+    return n, channel_divisor(dg.get_pruning_group(module, _pruning_fn(module), list(range(n))))
+
+
 def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float], *,
                 round_to: int = 8) -> int:
     """FLOPs of ``model`` pruned at ``ratios`` (on a copy; which channels go does not change the count)."""
@@ -353,9 +363,7 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
     m = copy.deepcopy(model)
     dg = build_graph(m, example_inputs)
     for name, ratio in ratios.items():
-        module = m.get_submodule(name)
-        n = _out_channels(module)
-        divisor = channel_divisor(dg.get_pruning_group(module, _pruning_fn(module), list(range(n))))
+        n, divisor = _group_shape(m, dg, name)
         keep = channels_to_keep(n, float(ratio), round_to, divisor)
         if keep < n:
             _prune_layer(m, dg, name, _drop_idxs(-torch.arange(n, dtype=torch.float32), n, keep, divisor))
@@ -370,23 +378,17 @@ class FlopsAfter:
     that keep the same channels; each new count prunes a copy of the model and traces it, a fraction of a second.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, round_to: int = 8):
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, round_to: int = 8, dg=None):
         self.model, self.example_inputs, self.round_to = model, example_inputs, round_to
-        self._dg = build_graph(model, example_inputs)
+        self._dg = dg  # the unpruned model's graph, built on first use unless given
         self._shape: dict[str, tuple[int, int]] = {}  # group name -> (channels, divisor) in the unpruned model
         self._cache: dict[tuple, int] = {}
         self.computed = 0  # distinct counts traced
 
     def _keep(self, name: str, ratio: float) -> int:
         if name not in self._shape:
-            try:
-                module = self.model.get_submodule(name)
-            except AttributeError:
-                raise CheckpointError(f"pruning: layer {name!r} does not exist in "
-                                      f"{type(self.model).__name__}") from None
-            n = _out_channels(module)
-            self._shape[name] = n, channel_divisor(self._dg.get_pruning_group(module, _pruning_fn(module),
-                                                                               list(range(n))))
+            self._dg = self._dg or build_graph(self.model, self.example_inputs)
+            self._shape[name] = _group_shape(self.model, self._dg, name)
         n, divisor = self._shape[name]
         return channels_to_keep(n, float(ratio), self.round_to, divisor)
 

@@ -274,10 +274,11 @@ def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tupl
     to 8, or grouped convolutions losing a channel per group, that step can be many FLOPs points. Here the layers
     take the larger ratio one at a time, in network order, binary-searched on the count.
     """
-    flops = flops or FlopsAfter(model, example_inputs, round_to)
     (lo_ratios, lo_red), (hi_ratios, hi_red) = below, above
     if hi_red - target <= tolerance / 2 or not lo_ratios and not hi_ratios:
         return hi_ratios, hi_red
+    if flops is None:
+        flops = FlopsAfter(model, example_inputs, round_to)
     names = [n for n in hi_ratios if hi_ratios[n] != lo_ratios.get(n, 0.0)]
 
     def mixed(k: int) -> dict[str, float]:
@@ -305,9 +306,10 @@ def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reductio
     """The same ratio for every prunable group, binary-searched to reach ``flops_reduction``."""
     from ..bench import count_flops_params
 
-    names = [g.name for g in prunable_groups(model, build_graph(model, example_inputs), list(ignored))]
+    dg = build_graph(model, example_inputs)
+    names = [g.name for g in prunable_groups(model, dg, list(ignored))]
     flops0 = count_flops_params(model, example_inputs)[0]
-    flops = FlopsAfter(model, example_inputs, round_to)
+    flops = FlopsAfter(model, example_inputs, round_to, dg=dg)
     lo, hi = 0.0, 0.95
     best, below = None, ({}, 0.0)
     for _ in range(iters):
