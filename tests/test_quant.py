@@ -285,39 +285,81 @@ def test_percentile_pair_equals_numpy(kind):
         assert percentile_pair(x, p) == tuple(np.percentile(x, [100 - p, p]))  # bit for bit
 
 
+@pytest.mark.parametrize("op,groups,stride,dilation,pads,kernel", [
+    ("Conv", 1, 1, 1, 1, 3), ("Conv", 6, 2, 1, 1, 3), ("Conv", 2, 2, 2, 2, 3), ("Conv", 1, 1, 1, 0, 1),
+    ("Conv", 3, 2, 1, 2, 5), ("Gemm", 1, 1, 1, 0, 0)])
+def test_adaround_objective_from_second_moments_is_the_mean_output_error(op, groups, stride, dilation, pads, kernel):
+    """AdaRound optimises ``tr(W~ A W~^T) - 2 tr(W~ B W^T)`` from input second moments computed once: up to the
+    constant ``E|W x|^2`` this must be the mean over every image and position of the squared output error summed
+    over channels, for grouped, strided, dilated and padded convs and for a Gemm."""
+    import onnx.helper as oh
+
+    from slimzoo.quant.adaround import _fake_quant, _layer_fn, _second_moments, _weight_groups
+    from slimzoo.quant.qparams import TensorQParams
+
+    gen = torch.Generator().manual_seed(0)
+    if op == "Conv":
+        node = oh.make_node("Conv", ["x", "w"], ["y"], name="c", strides=[stride] * 2, dilations=[dilation] * 2,
+                            pads=[pads] * 4, group=groups)
+        x, w = torch.rand(5, 6, 13, 11, generator=gen) * 4, torch.randn(12, 6 // groups, kernel, kernel, generator=gen)
+    else:
+        node = oh.make_node("Gemm", ["x", "w", "b"], ["y"], name="g", transB=1)
+        x, w = torch.rand(40, 16, generator=gen) * 4, torch.randn(7, 16, generator=gen)
+    aq = TensorQParams(scale=0.05, zero_point=0)
+    wq = w + 0.1 * torch.randn(w.shape, generator=gen)
+    fn = _layer_fn(node)
+    err = fn(_fake_quant(x, aq), wq) - fn(x, w)
+    direct = float((err.pow(2).sum(1).mean()).double())
+    groups = _weight_groups(node, w).shape[0]
+    a, b = _second_moments(node, x, _fake_quant(x, aq), groups, tuple(w.shape[2:]), images_per_pass=2)
+    g, gq = _weight_groups(node, w).double(), _weight_groups(node, wq).double()
+    const = float(fn(x, w).double().pow(2).sum(1).mean())
+    via_moments = float(((gq @ a.double()) * gq).sum() - 2 * (gq * (g @ b.double().transpose(1, 2))).sum()) + const
+    assert via_moments == pytest.approx(direct, rel=1e-4)
+
+
 def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
-    """Learned rounding picks floor or ceil of every weight and fits each layer's FP32 output better than
-    round-to-nearest; the file it writes runs and stays close to FP32."""
+    """Learned rounding picks floor or ceil of every weight. From FP32 inputs through their own quantizer it fits
+    each layer's FP32 output better than round-to-nearest; from the inputs of the quantized network (the default)
+    the network's output gets closer to FP32; the file it writes runs and stays close to FP32."""
+    import copy
+
     import onnx
     from onnx import numpy_helper
 
     from slimzoo.export import export_onnx, fold_batchnorm
     from slimzoo.quant import PTQConfig, quantize_onnx
-    from slimzoo.quant.adaround import _fake_quant, _layer_fn
+    from slimzoo.quant.adaround import AdaRoundConfig, _fake_quant, _layer_fn, adaround
     from slimzoo.quant.calibrate import iterate_tensors
+    from slimzoo.quant.ptq import prepare_ptq
+    from slimzoo.quant.qdq import write_qdq
     from slimzoo.runtime import ort_session
 
     m = _calibrated_model("mobilenet_v2")
     fp32 = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(16, 3, 32, 32, generator=gen) for _ in range(2)]
-    _, rtn, plan = quantize_onnx(fp32, tmp_path / "rtn.onnx", batches, PTQConfig())
-    path, ada, _ = quantize_onnx(fp32, tmp_path / "ada.onnx", batches, PTQConfig(adaround=True, adaround_iters=30))
+    arrays = [b.numpy() for b in batches]
+    prep = prepare_ptq(fp32, batches, PTQConfig(bias_correction=False))
+    plan, rtn = prep.plan, prep.qparams
+    ada_fp = adaround(prep.model, plan, copy.deepcopy(rtn), arrays, AdaRoundConfig(iters=30, quantized_inputs=False))
+    ada_q = adaround(prep.model, plan, copy.deepcopy(rtn), arrays, AdaRoundConfig(iters=30))
     model = onnx.load(str(fp32))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    changed = 0
-    for w, (axis, _) in plan.weights.items():
-        shape = [1] * inits[w].ndim
-        shape[axis] = -1
-        exact = inits[w] / rtn.weights[w].scale.reshape(shape)
-        assert np.all(np.abs(ada.weights[w].qweight - exact) < 1 + 1e-4)  # floor or ceil, never further
-        changed += int((ada.weights[w].qweight != rtn.weights[w].qweight).sum())
-    assert changed > 0
+    for ada in (ada_fp, ada_q):
+        changed = 0
+        for w, (axis, _) in plan.weights.items():
+            shape = [1] * inits[w].ndim
+            shape[axis] = -1
+            exact = inits[w] / rtn.weights[w].scale.reshape(shape)
+            assert np.all(np.abs(ada.weights[w].qweight - exact) < 1 + 1e-4)  # floor or ceil, never further
+            changed += int((ada.weights[w].qweight != rtn.weights[w].qweight).sum())
+        assert changed > 0
     # the summed output error of the layers (FP32 inputs, quantized activations) is lower than with rounding
     err = {"rtn": 0.0, "ada": 0.0}
     xs = {n.input[0] for w, (_, name) in plan.weights.items() if (n := nodes[name]) is not None}
-    for t, v in iterate_tensors(model, sorted(xs), [b.numpy() for b in batches]):
+    for t, v in iterate_tensors(model, sorted(xs), arrays):
         x = torch.from_numpy(v)
         for w, (_, name) in plan.weights.items():
             node = nodes[name]
@@ -325,12 +367,19 @@ def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
                 continue
             fn, aq = _layer_fn(node), rtn.activations[plan.shared.get(t, t)]
             ref = fn(x, torch.from_numpy(inits[w]))
-            for k, qp in (("rtn", rtn), ("ada", ada)):
+            for k, qp in (("rtn", rtn), ("ada", ada_fp)):
                 out = fn(_fake_quant(x, aq), torch.from_numpy(qp.weights[w].dequantize()))
                 err[k] += float((out - ref).pow(2).sum(1).mean())
     assert err["ada"] < 0.9 * err["rtn"], err
-    ref = np.concatenate([ort_session(fp32, 1).run(None, {"input": b.numpy()})[0] for b in batches])
-    out = np.concatenate([ort_session(path, 1).run(None, {"input": b.numpy()})[0] for b in batches])
+    ref = np.concatenate([ort_session(fp32, 1).run(None, {"input": b})[0] for b in arrays])
+    out_err = {}
+    for k, qp in (("rtn", rtn), ("ada", ada_q)):
+        f = write_qdq(prep.model, plan, qp, tmp_path / f"{k}.onnx")
+        out = np.concatenate([ort_session(f, 1).run(None, {"input": b})[0] for b in arrays])
+        out_err[k] = float(((out - ref) ** 2).mean())
+    assert out_err["ada"] < out_err["rtn"], out_err
+    path, _, _ = quantize_onnx(fp32, tmp_path / "ada.onnx", batches, PTQConfig(adaround=True, adaround_iters=30))
+    out = np.concatenate([ort_session(path, 1).run(None, {"input": b})[0] for b in arrays])
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
 
 
