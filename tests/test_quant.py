@@ -328,7 +328,7 @@ def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
     from onnx import numpy_helper
 
     from slimzoo.export import export_onnx, fold_batchnorm
-    from slimzoo.quant import PTQConfig, quantize_onnx
+    from slimzoo.quant import PTQConfig
     from slimzoo.quant.adaround import AdaRoundConfig, _fake_quant, _layer_fn, adaround
     from slimzoo.quant.calibrate import iterate_tensors
     from slimzoo.quant.ptq import prepare_ptq
@@ -372,15 +372,13 @@ def test_adaround_rounds_to_a_neighbour_and_lowers_layer_error(tmp_path):
                 err[k] += float((out - ref).pow(2).sum(1).mean())
     assert err["ada"] < 0.9 * err["rtn"], err
     ref = np.concatenate([ort_session(fp32, 1).run(None, {"input": b})[0] for b in arrays])
-    out_err = {}
-    for k, qp in (("rtn", rtn), ("ada", ada_q)):
+    out_err, outs = {}, {}
+    for k, qp in (("rtn", rtn), ("ada", ada_q), ("ada_fp", ada_fp)):
         f = write_qdq(prep.model, plan, qp, tmp_path / f"{k}.onnx")
-        out = np.concatenate([ort_session(f, 1).run(None, {"input": b})[0] for b in arrays])
-        out_err[k] = float(((out - ref) ** 2).mean())
+        outs[k] = np.concatenate([ort_session(f, 1).run(None, {"input": b})[0] for b in arrays])
+        out_err[k] = float(((outs[k] - ref) ** 2).mean())
     assert out_err["ada"] < out_err["rtn"], out_err
-    path, _, _ = quantize_onnx(fp32, tmp_path / "ada.onnx", batches, PTQConfig(adaround=True, adaround_iters=30))
-    out = np.concatenate([ort_session(path, 1).run(None, {"input": b})[0] for b in arrays])
-    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    assert (outs["ada_fp"].argmax(1) == ref.argmax(1)).mean() >= 0.8  # (PTQConfig(adaround=True): test_quant_any)
 
 
 def test_qat_learned_ranges_move_keep_relu_zero_and_export_faithfully(tmp_path, trained_classifier):
