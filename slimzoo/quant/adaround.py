@@ -207,8 +207,7 @@ def adaround(model, plan: QdqPlan, qp: QuantParams, batches: Sequence[np.ndarray
             a, b = _second_moments(node, inputs[x], x_q, groups, tuple(w.shape[2:]))
             wq.qweight = _optimise(node, a, b, w, torch.from_numpy(wq.scale), wq.axis, cfg)
             bar.update()
-        del inputs
-        q_inputs = None
+        inputs = q_inputs = None  # free this chunk's stored inputs before gathering the next
     bar.close()
     return qp
 
