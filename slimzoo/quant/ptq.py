@@ -143,10 +143,13 @@ class PreparedPTQ:
 
 
 def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None, *,
-                all_images: bool = False) -> PreparedPTQ:
+                all_images: bool = False, rounded: QuantParams | None = None) -> PreparedPTQ:
     """The one PTQ pipeline (the CLI, the API, the zoo, the per-layer analysis and the accuracy-aware mode all run
     it): preprocess, equalize, plan, calibrate, AdaRound, bias correction, as ``cfg`` says. With ``all_images``
-    every image of ``batches`` calibrates (the analysis'), else the first ``cfg.num_calibration``."""
+    every image of ``batches`` calibrates (the analysis'), else the first ``cfg.num_calibration``. ``rounded``:
+    the learned roundings of an earlier run on the same images (the other stem's file), reused where they cover
+    every quantized weight at the same scales (AdaRound learns each layer from FP32 inputs, so the stem's
+    precision does not change the other layers' roundings)."""
     import onnx
 
     cfg = cfg or PTQConfig()
@@ -172,7 +175,11 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     else:
         ranges = collect_ranges(model, plan.activations, batches, method=cfg.calibration, percentile=cfg.percentile)
     qp = compute_qparams(model, plan, ranges, symmetric=symmetric)
-    if cfg.adaround:
+    if cfg.adaround and rounded is not None and all(
+            w in rounded.weights and np.array_equal(rounded.weights[w].scale, q.scale) for w, q in qp.weights.items()):
+        for w, q in qp.weights.items():
+            q.qweight = rounded.weights[w].qweight.copy()
+    elif cfg.adaround:
         from .adaround import AdaRoundConfig, adaround
 
         qp = adaround(model, plan, qp, first_images(batches, cfg.adaround_images),
@@ -230,7 +237,9 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
         # the same settings with the stem in float; a range method chosen by calibration="auto" is not chosen again
         method = prep.range_choice["chosen"] if prep.range_choice else cfg.calibration
         alt_cfg = PTQConfig(**{**cfg.to_dict(), "stem": "float", "calibration": method})
-        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, alt_cfg)
+        alt_prep = prepare_ptq(fp32_path, batches, alt_cfg, rounded=prep.qparams)  # learned roundings reused
+        write_qdq(alt_prep.model, alt_prep.plan, alt_prep.qparams, alt)
+        alt_plan = alt_prep.plan
         decision = choose_stem(Path(path), alt, stems, shape)
         plan = alt_plan if decision["chosen"] == "float" else plan
     result = check_int8(fp32_path, path, shape)

@@ -3,8 +3,8 @@
 ONNX Runtime's ``QLinearConv`` is slow on 3 input channels: on a small stem (MobileNetV3-Small's 3x3, 16 output
 channels) the integer kernel takes twice the float one, and the file loses what int8 wins elsewhere. On a heavy
 stem (ResNet50's 7x7, 64 channels) int8 still pays. No rule on the shape separates the two on every CPU, so
-with ``stem="auto"`` the file is written both ways and the faster one at one thread is kept (figures in
-docs/quantization.md).
+with ``stem="auto"`` the file is written both ways and timed at one thread; the float stem, which spares the image
+its rounding to uint8, is kept unless the int8 one is clearly faster (figures in docs/quantization.md).
 """
 from __future__ import annotations
 
@@ -16,21 +16,29 @@ from pathlib import Path
 import numpy as np
 
 STEMS = ("auto", "int8", "float")
-MIN_GAIN = 0.03  # the float stem must be at least this much faster, so that noise does not decide
+MIN_GAIN = 0.03  # the int8 stem must be at least this much faster to be kept over the more accurate float one
+
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def stem_layers(model, max_channels: int = 4) -> list[str]:
-    """Names of the convs that read the graph's image input directly and have at most ``max_channels`` input
-    channels (the stem of an image network)."""
+    """Names of the convs that read the graph's image input, directly or through ops without weights (a ``Pad``
+    for TF-style "SAME" padding, an in-graph normalization), and have at most ``max_channels`` input channels
+    (the stem of an image network)."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    inputs = {i.name for i in g.input} - set(inits)
+    reached = {i.name for i in g.input} - set(inits)  # tensors computed from the image without a weighted layer
     out = []
-    for n in g.node:
-        if n.op_type == "Conv" and n.input[0] in inputs and len(n.input) > 1 and n.input[1] in inits:
+    for n in g.node:  # ONNX graphs are topologically sorted
+        if not any(x in reached for x in n.input):
+            continue
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
             dims = list(inits[n.input[1]].dims)
             if len(dims) == 4 and dims[1] <= max_channels:
                 out.append(n.name)
+        elif n.op_type not in WEIGHTED:
+            reached.update(n.output)
     return out
 
 
@@ -68,11 +76,12 @@ def time_files(paths: list[Path], shape: tuple[int, ...], rounds: int = 6, calls
 
 
 def choose_stem(int8_path: Path, float_stem_path: Path, stems: list[str], shape: tuple[int, ...]) -> dict:
-    """Keep whichever of the two files is faster at one thread (the float stem only when at least ``MIN_GAIN``
-    faster): ``float_stem_path`` replaces ``int8_path`` if it wins, and is removed either way. Returns the
-    decision and its figures (for the check report)."""
+    """Keep the float stem unless the int8 one is at least ``MIN_GAIN`` faster at one thread: the float stem
+    reads the image unquantized, the int8 one adds the input's rounding, the largest single activation error on
+    EfficientNet-Lite0 (docs/quantization.md). ``float_stem_path`` replaces ``int8_path`` if it is kept, and is
+    removed either way. Returns the decision and its figures (for the check report)."""
     int8_ms, float_ms = time_files([int8_path, float_stem_path], shape)
-    chosen = "float" if float_ms < int8_ms * (1 - MIN_GAIN) else "int8"
+    chosen = "int8" if int8_ms < float_ms * (1 - MIN_GAIN) else "float"
     if chosen == "float":
         os.replace(float_stem_path, int8_path)
     else:
