@@ -532,9 +532,10 @@ def _add_quant(sub) -> None:
                     help="runtime the Q/DQ placement is made for (onnxruntime: every conv runs as QLinearConv; "
                          "openvino: Q/DQ only where an integer op reads them, as NNCF places them)")
     sp.add_argument("--stem", choices=("auto", "int8", "float"), default="auto",
-                    help="the first conv (3 input channels): auto writes the file both ways and keeps the faster at "
-                         "1 thread (ONNX Runtime's int8 kernel is slow on 3 channels; a small stem can cost more "
-                         "than int8 wins); int8 or float decide without measuring")
+                    help="the first conv (3 input channels): auto writes the file both ways, times both at 1 thread "
+                         "and keeps the float stem (more accurate: the image is not rounded) unless int8 is at "
+                         "least 3%% faster (ONNX Runtime's int8 kernel is slow on 3 channels); int8 or float decide "
+                         "without measuring")
     sp.add_argument("--no-check", action="store_true",
                     help="skip counting integer ops and timing the INT8 file against FP32 at one thread")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")
