@@ -44,6 +44,15 @@ class _Normalized(nn.Module):  # normalization inside the graph: Sub and Div bef
         return self.m((x - 0.5) / 0.5)
 
 
+class _ShapeFromImage(nn.Module):  # the second conv's input is reshaped by the image's (dynamic) shape
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x).reshape(x.shape[0], 3, -1).reshape(x.shape))
+
+
 def _warm(m, size=64):
     torch.manual_seed(0)
     m.train()
@@ -250,6 +259,11 @@ def test_stem_layers_are_the_convs_on_the_image_input(tmp_path):
     model = onnx.load(str(path))
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     assert any(n.op_type == "Pad" for n in model.graph.node) and stem_layers(model) == convs[:1]
+    # nor is one whose input was reshaped by the image's shape (Shape(image) -> Reshape): a shape is not image data
+    path = export_onnx(_ShapeFromImage().eval(), tmp_path / "shape.onnx", torch.randn(1, 3, 16, 16))
+    model = onnx.load(str(path))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert any(n.op_type == "Shape" for n in model.graph.node) and stem_layers(model) == convs[:1]
     with pytest.raises(Exception, match="stem must be one of"):
         PTQConfig(stem="fp16")
 

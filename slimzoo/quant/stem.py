@@ -28,16 +28,16 @@ def stem_layers(model, max_channels: int = 4) -> list[str]:
     (the stem of an image network)."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    reached = {i.name for i in g.input} - set(inits)  # tensors computed from the image without a weighted layer
+    reached = {i.name for i in g.input} - set(inits)  # the image, and tensors computed from it without weights
     out = []
-    for n in g.node:  # ONNX graphs are topologically sorted
-        if not any(x in reached for x in n.input):
+    for n in g.node:  # ONNX graphs are topologically sorted; an op's data is its first input
+        if not n.input or n.input[0] not in reached:
             continue
         if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
             dims = list(inits[n.input[1]].dims)
             if len(dims) == 4 and dims[1] <= max_channels:
                 out.append(n.name)
-        elif n.op_type not in WEIGHTED:
+        elif n.op_type not in (*WEIGHTED, "Shape", "Size"):  # a shape is not image data
             reached.update(n.output)
     return out
 
