@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .stem import MIN_GAIN
+
 # integer kernels of ONNX Runtime's CPU provider for weighted layers
 INTEGER_OPS = {"QLinearConv", "QLinearConvTranspose", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger",
                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention"}
@@ -62,7 +64,8 @@ class Int8Check:
         if self.stem:
             st = self.stem
             s += (f"; first conv kept in {st['chosen']} (measured {st['int8_stem_ms']:.2f} ms with it in int8, "
-                  f"{st['float_stem_ms']:.2f} ms in float)")
+                  f"{st['float_stem_ms']:.2f} ms in float; float, which does not round the image, unless int8 is "
+                  f"at least {MIN_GAIN:.0%} faster)")
         return s
 
     def problems(self) -> list[str]:
