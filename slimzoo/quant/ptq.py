@@ -192,10 +192,11 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     return PreparedPTQ(model, plan, qp, batches, choice)
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None
-                  ) -> tuple[Path, QuantParams, QdqPlan]:
-    """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file."""
-    prep = prepare_ptq(fp32_path, batches, cfg)
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None = None,
+                  *, rounded: QuantParams | None = None) -> tuple[Path, QuantParams, QdqPlan]:
+    """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file (``rounded``: as in
+    :func:`prepare_ptq`)."""
+    prep = prepare_ptq(fp32_path, batches, cfg, rounded=rounded)
     return write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.qparams, prep.plan
 
 
@@ -237,9 +238,7 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
         # the same settings with the stem in float; a range method chosen by calibration="auto" is not chosen again
         method = prep.range_choice["chosen"] if prep.range_choice else cfg.calibration
         alt_cfg = PTQConfig(**{**cfg.to_dict(), "stem": "float", "calibration": method})
-        alt_prep = prepare_ptq(fp32_path, batches, alt_cfg, rounded=prep.qparams)  # learned roundings reused
-        write_qdq(alt_prep.model, alt_prep.plan, alt_prep.qparams, alt)
-        alt_plan = alt_prep.plan
+        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, alt_cfg, rounded=prep.qparams)  # roundings reused
         decision = choose_stem(Path(path), alt, stems, shape)
         plan = alt_plan if decision["chosen"] == "float" else plan
     result = check_int8(fp32_path, path, shape)
