@@ -1,5 +1,6 @@
 """Structured pruning: channel removal, replayable records, sensitivity analysis and ratio selection."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -180,6 +181,38 @@ def test_threshold_search_meets_flops_target_and_respects_losses(tmp_path):
     with pytest.raises(ConfigError, match="at most"):
         search_threshold(m, X, sens, 0.99)
 
+
+
+def test_refine_lands_inside_one_layers_step():
+    """A single heavy layer whose whole step (0 -> 75%) jumps past the target: it takes a ratio in between."""
+    from slimzoo.bench import count_flops_params
+    from slimzoo.prune.core import flops_after
+    from slimzoo.prune.sensitivity import refine_to_target
+
+    m = _model()
+    flops0 = count_flops_params(m, X)[0]
+    layer = "features.11.pw.0"
+    full = 1 - flops_after(m, X, {layer: 0.75}) / flops0
+    target = full / 2
+    ratios, red = refine_to_target(m, X, ({}, 0.0), ({layer: 0.75}, full), target, flops0)
+    assert 0 < ratios[layer] < 0.75 and abs(red - target) < full / 4
+
+
+def test_threshold_search_extrapolates_past_the_measured_ratios_only_when_it_must(tmp_path):
+    from slimzoo.prune import SensitivityExtrapolationWarning
+
+    m = _model()
+    sens = analyze_sensitivity(m, X, CountingEval(m), tmp_path / "s.json",
+                               SensitivityConfig(ratios=(0.25,), stop_loss=1.0), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SensitivityExtrapolationWarning)  # reachable on measured ratios: no guess
+        _, _, red = search_threshold(m, X, sens, 0.2)
+    assert abs(red - 0.2) <= 0.05
+    with pytest.warns(SensitivityExtrapolationWarning, match="past their last measured ratio"):
+        ratios, _, red = search_threshold(m, X, sens, 0.45)
+    assert abs(red - 0.45) <= 0.05 and max(ratios.values()) > 0.25
+    with pytest.raises(ConfigError, match="at most"):
+        search_threshold(m, X, sens, 0.99)
 
 def test_flops_after_is_remembered_per_kept_channels_and_matches_a_fresh_count():
     from slimzoo.prune.core import FlopsAfter, flops_after

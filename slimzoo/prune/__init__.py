@@ -29,6 +29,7 @@ from .core import (
 )
 from .sensitivity import (
     SensitivityConfig,
+    SensitivityExtrapolationWarning,
     analyze_sensitivity,
     plot_sensitivity,
     ratios_for_threshold,
@@ -38,7 +39,8 @@ from .sensitivity import (
 
 METHODS = ("sensitivity", "uniform")
 
-__all__ = ["PruneConfig", "PruneResult", "PruningRecord", "SensitivityConfig", "analyze_sensitivity", "apply_ratios",
+__all__ = ["PruneConfig", "PruneResult", "PruningRecord", "SensitivityConfig", "SensitivityExtrapolationWarning",
+           "analyze_sensitivity", "apply_ratios",
            "analyze_groups", "build_graph", "channels_to_keep", "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold",
            "replay", "search_threshold", "uniform_ratio"]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,25 +200,33 @@ def _evaluated_points(res: dict) -> int:
     return sum(p.get("evaluated", True) for e in res["layers"].values() for p in e["points"])
 
 
-def loss_at(entry: dict, ratio: float) -> float | None:
-    """Loss at ``ratio``, linearly interpolated from (0, 0) through the measured points; None beyond them."""
+def loss_at(entry: dict, ratio: float, extrapolate: bool = False) -> float | None:
+    """Loss at ``ratio``, linearly interpolated from (0, 0) through the measured points; None beyond them, or with
+    ``extrapolate`` continued past the last point at the steeper of the last segment's slope and the chord's from
+    (0, 0) (a guess, never below the measured trend)."""
     pts = [(0.0, 0.0)] + sorted((p["ratio"], p["loss"]) for p in entry["points"])
     if ratio > pts[-1][0] + 1e-9:
-        return None
+        if not extrapolate or len(pts) < 2:
+            return None
+        (r0, l0), (r1, l1) = pts[-2], pts[-1]
+        slope = max((l1 - l0) / (r1 - r0) if r1 > r0 else 0.0, l1 / r1 if r1 > 0 else 0.0, 0.0)
+        return l1 + slope * (ratio - r1)
     for (r0, l0), (r1, l1) in itertools.pairwise(pts):
         if ratio <= r1 + 1e-9:
             return l0 + (l1 - l0) * (ratio - r0) / (r1 - r0) if r1 > r0 else l1
     return pts[-1][1]
 
 
-def ratios_for_threshold(sens: dict, threshold: float, step: float = 0.05) -> dict[str, float]:
-    """Per group, the largest ratio (on a ``step`` grid) up to which the loss stays at or under ``threshold``."""
+def ratios_for_threshold(sens: dict, threshold: float, step: float = 0.05,
+                         extrapolate: bool = False) -> dict[str, float]:
+    """Per group, the largest ratio (on a ``step`` grid) up to which the loss stays at or under ``threshold``
+    (``extrapolate``: also past the measured ratios, as :func:`loss_at` guesses)."""
     grid = [round(i * step, 4) for i in range(1, round(1 / step))]
     out = {}
     for name, entry in sens["layers"].items():
         best = 0.0
         for r in grid:
-            loss = loss_at(entry, r)
+            loss = loss_at(entry, r, extrapolate)
             if loss is None or loss > threshold:
                 break
             best = r
@@ -244,15 +253,21 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
     hi = max(losses + [0.0]) + 1e-6
     ratios = ratios_for_threshold(sens, hi)
     best = (ratios, hi, _reduction(flops0, flops(ratios)))
-    if best[2] < flops_reduction:
-        raise ConfigError(f"the sensitivity file allows at most {best[2]:.1%} FLOPs reduction (every layer at its "
-                          f"largest measured ratio), short of {flops_reduction:.1%}; analyse larger ratios "
-                          "(--ratios) or a higher stop loss, or ask for less")
+    measured = best[2]
+    extrapolate = measured < flops_reduction
+    if extrapolate:  # the measured ratios do not reach the target: continue each layer's curve past its last point
+        hi = max([loss_at(e, 0.95, True) or 0.0 for e in sens["layers"].values()] + [hi]) + 1e-6
+        ratios = ratios_for_threshold(sens, hi, extrapolate=True)
+        best = (ratios, hi, _reduction(flops0, flops(ratios)))
+        if best[2] < flops_reduction:
+            raise ConfigError(f"the sensitivity file allows at most {measured:.1%} FLOPs reduction (every layer at "
+                              f"its largest measured ratio; {best[2]:.1%} with every layer at 95%), short of "
+                              f"{flops_reduction:.1%}; ask for less, or prune layers now ignored")
     lo = -1e-9
     below = ({}, 0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        ratios = ratios_for_threshold(sens, mid)
+        ratios = ratios_for_threshold(sens, mid, extrapolate=extrapolate)
         red = _reduction(flops0, flops(ratios))
         if red >= flops_reduction:
             hi, best = mid, (ratios, mid, red)
@@ -262,7 +277,19 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
             break
     ratios, red = refine_to_target(model, example_inputs, below, best[0::2], flops_reduction, flops0,
                                    round_to=round_to, flops=flops)
+    if extrapolate:
+        past = {n: r for n, r in ratios.items() if r > max(p["ratio"] for p in sens["layers"][n]["points"]) + 1e-9}
+        if past:
+            warnings.warn(f"-{flops_reduction:.1%} FLOPs needs more than the measured ratios allow ({measured:.1%} "
+                          f"with every layer at its largest): {len(past)} group(s) pruned past their last measured "
+                          f"ratio on extrapolated losses ({', '.join(f'{n} {r:.2f}' for n, r in list(past.items())[:4])}"
+                          f"{' ...' if len(past) > 4 else ''}); measure larger ratios (--ratios) or a higher stop "
+                          "loss to choose them on measured losses", SensitivityExtrapolationWarning, stacklevel=3)
     return ratios, best[1], red
+
+
+class SensitivityExtrapolationWarning(UserWarning):
+    """The FLOPs target needed pruning ratios past those the sensitivity analysis measured."""
 
 
 def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tuple[dict, float],
@@ -272,7 +299,9 @@ def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tupl
 
     One step of a ratio (or of the sensitivity threshold) moves every layer at once, and with channels rounded
     to 8, or grouped convolutions losing a channel per group, that step can be many FLOPs points. Here the layers
-    take the larger ratio one at a time, in network order, binary-searched on the count.
+    take the larger ratio one at a time, in network order, binary-searched on the count; then the layer whose
+    switch crosses the target takes the ratio between its two that lands closest (one layer's whole step can be
+    several points on a network with a few heavy layers).
     """
     (lo_ratios, lo_red), (hi_ratios, hi_red) = below, above
     if hi_red - target <= tolerance / 2 or not lo_ratios and not hi_ratios:
@@ -298,6 +327,19 @@ def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tupl
             b = k
         else:
             a = k
+    if names:  # the layer whose switch crosses the target may land closer at a ratio between its two
+        name, base = names[b - 1], mixed(b - 1)
+        lo, hi = lo_ratios.get(name, 0.0), hi_ratios[name]
+        for _ in range(8):
+            mid = (lo + hi) / 2
+            r = {**base, name: round(mid, 4)}
+            red = _reduction(flops0, flops(r))
+            if abs(red - target) < abs(best[1] - target):
+                best = (r, red)
+            if red >= target:
+                hi = mid
+            else:
+                lo = mid
     return best
 
 
