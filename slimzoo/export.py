@@ -17,27 +17,46 @@ OPSET = 17
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every Conv->BatchNorm pair folded into the conv.
 
-    Conv modules keep their qualified names, so their weights keep their names in the ONNX file.
+    Conv modules keep their qualified names, so their weights keep their names in the ONNX file. A model torch.fx
+    cannot trace (control flow on tensor values or shapes, e.g. timm's MobileViT) is returned unfolded: the ONNX
+    exporter folds Conv->BatchNorm itself in eval mode, so the exported file is the same.
     """
     from torch.fx.experimental.optimization import fuse
 
-    return fuse(copy.deepcopy(model).eval(), inplace=True)
+    model = copy.deepcopy(model).eval()
+    for m in _fused_attention(model):  # traced below with the branch taken then: take the exportable one
+        m.fused_attn = False
+    try:
+        return fuse(copy.deepcopy(model), inplace=True)
+    except Exception:  # noqa: BLE001 - torch.fx raises TraceError, TypeError, ... on what it cannot trace
+        return model
+
+
+def _fused_attention(model: nn.Module) -> list[nn.Module]:
+    """timm's attention blocks set to call ``scaled_dot_product_attention`` (a boolean ``fused_attn``)."""
+    return [m for m in model.modules() if getattr(m, "fused_attn", None) is True]
 
 
 @contextlib.contextmanager
-def _mha_fastpath_off():
-    """Send ``nn.MultiheadAttention`` down its plain path: under ``no_grad`` it would take the fused fast path,
-    whose ``aten::_native_multi_head_attention`` the ONNX exporter cannot write."""
+def _plain_attention(model: nn.Module):
+    """Send attention down its plain path while exporting: ``nn.MultiheadAttention`` under ``no_grad`` would take
+    the fused fast path, whose ``aten::_native_multi_head_attention`` the ONNX exporter cannot write, and timm's
+    attention blocks (a boolean ``fused_attn``) call ``scaled_dot_product_attention``, which the TorchScript
+    exporter fails on (``is_causal must be bool, not Tensor``); their unfused path is the same function."""
+    fused = _fused_attention(model)
     mha = getattr(torch.backends, "mha", None)
-    if mha is None:
-        yield
-        return
-    was = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
+    was = mha.get_fastpath_enabled() if mha is not None else None
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    for m in fused:
+        m.fused_attn = False
     try:
         yield
     finally:
-        mha.set_fastpath_enabled(was)
+        for m in fused:
+            m.fused_attn = True
+        if mha is not None:
+            mha.set_fastpath_enabled(was)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,
@@ -53,7 +72,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
 
     model = model.eval()
     if not output_names:
-        with torch.no_grad(), _mha_fastpath_off():
+        with torch.no_grad(), _plain_attention(model):
             out = model(example_inputs)
         n = len(out) if isinstance(out, (tuple, list)) else 1
         output_names = ["output"] + [f"output_{i}" for i in range(1, n)]
@@ -63,13 +82,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
         dyn.update({n: {0: "batch"} for n in output_names})
 
     def _write(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath_off():
+        with warnings.catch_warnings(), torch.no_grad(), _plain_attention(model):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(model, (example_inputs,), tmp, opset_version=opset, input_names=["input"],
                                   output_names=output_names, dynamic_axes=dyn, do_constant_folding=True,
                                   dynamo=False)
-            except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError, TypeError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(f"{type(model).__name__} cannot be exported to ONNX (opset {opset}): {first}. "
                                   "Replace or wrap the module that uses this operator, or export the file yourself "

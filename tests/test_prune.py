@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from slimzoo.errors import CheckpointError, ConfigError
 from slimzoo.models import create_model
@@ -213,6 +214,44 @@ def test_threshold_search_extrapolates_past_the_measured_ratios_only_when_it_mus
     assert abs(red - 0.45) <= 0.05 and max(ratios.values()) > 0.25
     with pytest.raises(ConfigError, match="at most"):
         search_threshold(m, X, sens, 0.99)
+
+
+class _FixedWidth(nn.Module):
+    """A buffer of a fixed channel count multiplies one layer's output: pruning that layer breaks the forward pass
+    (Torch-Pruning does not see buffers), pruning the others does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(32, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU())
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 64).view(1, 64, 1, 1))
+        self.body = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, 1, 1),
+                                  nn.ReLU())
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(self.mid(self.stem(x)) * self.gain).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["uniform", "sensitivity"])
+def test_a_group_whose_pruning_breaks_the_forward_is_left_whole_and_said(tmp_path, method):
+    torch.manual_seed(0)
+    m = _FixedWidth().eval()
+    cfg = PruneConfig.from_dict({"flops_reduction": 0.3, "method": method, "sensitivity": {"stop_loss": 1.0}})
+    pruned, rec, info = prune(m, X, cfg, evaluate=CountingEval(m), sensitivity_path=tmp_path / "s.json",
+                              progress=False)
+    assert "mid.0" not in rec.ratios and "breaks the model's forward pass" in info["left_unpruned"]["mid.0"]
+    assert abs(info["flops_reduction"] - 0.3) <= 0.02 and rec.ratios
+    with torch.no_grad():
+        assert pruned(X).shape == (1, 10)
+    fresh = _FixedWidth().eval()
+    replay(fresh, rec)
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(X), pruned(X))
+    if method == "uniform":  # a target out of reach says which groups had to be left whole
+        with pytest.raises(ConfigError, match="left whole because pruning them breaks"):
+            prune(m, X, PruneConfig(flops_reduction=0.97, method="uniform"))
 
 def test_flops_after_is_remembered_per_kept_channels_and_matches_a_fresh_count():
     from slimzoo.prune.core import FlopsAfter, flops_after

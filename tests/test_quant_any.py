@@ -121,6 +121,46 @@ def test_vision_transformer_exports_and_every_linear_is_integer(tmp_path):
     assert check.activation_matmuls == 2  # attention's two activation x activation MatMuls stay float
 
 
+
+class _ControlFlow(nn.Module):
+    """torch.fx cannot trace it (a branch on a tensor's value), and two of its convs have identical weights (zero,
+    as an untrained residual block's last layer), which the exporter writes once, behind an Identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.a, self.b = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+        for c in (self.a, self.b):
+            nn.init.zeros_(c.weight)
+            nn.init.zeros_(c.bias)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        if y.shape[-1] > 4:  # control flow on a traced size
+            y = y + self.a(y)
+        return self.head((y + self.b(y)).mean((2, 3)))
+
+
+def test_untraceable_model_with_shared_zero_weights_quantizes_every_layer(tmp_path):
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.runtime import ort_session
+
+    m = _warm(_ControlFlow())
+    x = torch.randn(1, 3, 64, 64)
+    folded = fold_batchnorm(m)  # torch.fx fails here: the model comes back unfolded, the exporter folds it
+    fp32 = export_onnx(folded, tmp_path / "f.onnx", x)
+    import onnx
+
+    assert not any(n.op_type == "BatchNormalization" for n in onnx.load(str(fp32)).graph.node)
+    path = quantize(m, x, _batches(), tmp_path / "q.onnx", PTQConfig(stem="int8"), check=False)
+    check = integer_layers(path)
+    assert check.float_layers == [] and check.integer == check.total == 4, check
+    xt = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(xt).numpy()
+    assert np.corrcoef(ref.ravel(), ort_session(path, 1).run(None, {"input": xt.numpy()})[0].ravel())[0, 1] > 0.95
+
 def test_bias_of_a_near_zero_weight_channel_does_not_saturate(tmp_path):
     """float32(2**31 - 1) == 2**31: clipping in float32 wrapped such biases to INT32_MIN."""
     import onnx

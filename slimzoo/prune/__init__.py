@@ -19,11 +19,13 @@ from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .core import (
     IMPORTANCES,
+    PrunedForwardError,
     PruningRecord,
     analyze_groups,
     apply_ratios,
     build_graph,
     channels_to_keep,
+    find_broken_groups,
     prunable_groups,
     replay,
 )
@@ -115,25 +117,33 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, e
         sens = analyze_sensitivity(model, example_inputs, evaluate, sensitivity_path, cfg.sensitivity,
                                    metric_name=metric_name, progress=progress)
         info |= {"sensitivity_evaluations": sens["evaluations"], "reference_evaluations": sens["reference_evaluations"]}
-    # the coarsest channel rounding (at most cfg.round_to) that lands within TARGET_TOLERANCE of the target:
-    # rounding to 8 overshoots on thin layers (a -30% request became -43% on a small net)
-    best = None
-    for round_to in _round_to_candidates(cfg.round_to):
-        if sens is not None:
-            ratios, threshold, reached = search_threshold(model, example_inputs, sens, cfg.flops_reduction,
-                                                          round_to=round_to)
-        else:
-            (ratios, reached), threshold = uniform_ratio(model, example_inputs, cfg.flops_reduction,
-                                                         round_to=round_to, ignored=ignored), None
-        if best is None or abs(reached - cfg.flops_reduction) < abs(best[2] - cfg.flops_reduction):
-            best = (ratios, round_to, reached, threshold)
-        if abs(reached - cfg.flops_reduction) <= TARGET_TOLERANCE:
+    broken = {n: e["broken"] for n, e in (sens or {}).get("layers", {}).items() if "broken" in e}
+    for attempt in range(MAX_RETRIES + 1):
+        try:
+            ratios, round_to, threshold = _choose_ratios(model, example_inputs, cfg, sens, ignored)
+            pruned = copy.deepcopy(model)
+            rec = apply_ratios(pruned, example_inputs, ratios, importance_name=cfg.importance, round_to=round_to)
             break
-    ratios, round_to, _, threshold = best
+        except PrunedForwardError as e:
+            # some group uses a channel count Torch-Pruning cannot see: find which, leave it whole, choose again
+            probe = e.ratios or dict.fromkeys((g.name for g in groups if g.name not in ignored), 0.5)
+            found = find_broken_groups(model, example_inputs, probe, importance_name=cfg.importance,
+                                       round_to=e.round_to or cfg.round_to, counting=e.counting)
+            if not found or attempt == MAX_RETRIES:
+                raise
+            broken |= found
+            ignored = (*ignored, *found)
+            if sens is not None:
+                sens = {**sens, "layers": {n: e for n, e in sens["layers"].items() if n not in found}}
+        except ConfigError as e:  # a target out of reach: say which groups had to be left whole, and why
+            if not broken:
+                raise
+            raise ConfigError(f"{e}. {len(broken)} layer group(s) are left whole because pruning them breaks the "
+                              f"model's forward pass (a fixed channel count Torch-Pruning cannot see: "
+                              f"{', '.join(list(broken)[:4])}{' ...' if len(broken) > 4 else ''})") from None
+    left_out |= {n: why for n, why in broken.items() if n not in rec.ratios}
     if threshold is not None:
         info["threshold"] = round(threshold, 6)
-    pruned = copy.deepcopy(model)
-    rec = apply_ratios(pruned, example_inputs, ratios, importance_name=cfg.importance, round_to=round_to)
     info["flops_reduction"] = round(1 - rec.flops[1] / rec.flops[0], 4)
     info["params_reduction"] = round(1 - rec.params[1] / rec.params[0], 4)
     info["round_to"] = round_to
@@ -173,10 +183,31 @@ class _CallablePackage(types.ModuleType):
 sys.modules[__name__].__class__ = _CallablePackage
 
 TARGET_TOLERANCE = 0.02  # FLOPs reduction reached within 2 points of the asked one
+MAX_RETRIES = 12  # choices of ratios that broke the forward pass, each followed by leaving the culprits whole
 
 
 class PruningTargetWarning(UserWarning):
     """The FLOPs reduction reached differs from the asked one by more than TARGET_TOLERANCE."""
+
+
+def _choose_ratios(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, sens: dict | None,
+                   ignored: tuple[str, ...]) -> tuple[dict[str, float], int, float | None]:
+    """(ratios, round_to, threshold): the coarsest channel rounding (at most cfg.round_to) that lands within
+    TARGET_TOLERANCE of the target (rounding to 8 overshoots on thin layers: a -30% request became -43% on a small
+    net), else the closest."""
+    best = None
+    for round_to in _round_to_candidates(cfg.round_to):
+        if sens is not None:
+            ratios, threshold, reached = search_threshold(model, example_inputs, sens, cfg.flops_reduction,
+                                                          round_to=round_to)
+        else:
+            (ratios, reached), threshold = uniform_ratio(model, example_inputs, cfg.flops_reduction,
+                                                         round_to=round_to, ignored=ignored), None
+        if best is None or abs(reached - cfg.flops_reduction) < abs(best[2] - cfg.flops_reduction):
+            best = (ratios, round_to, reached, threshold)
+        if abs(reached - cfg.flops_reduction) <= TARGET_TOLERANCE:
+            break
+    return best[0], best[1], best[3]
 
 
 def _round_to_candidates(round_to: int) -> list[int]:

@@ -327,7 +327,11 @@ def apply_ratios(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping
         rec.steps.append({"layer": name, "idxs": idxs})
         rec.ratios[name] = round(float(ratio), 4)
         rec.channels[name] = [n, keep]
-    check_forward(model, example_inputs, list(rec.channels))
+    try:
+        check_forward(model, example_inputs, list(rec.channels))
+    except PrunedForwardError as e:
+        e.ratios, e.round_to = dict(ratios), round_to
+        raise
     if measure:
         flops1, params1 = count_flops_params(model, example_inputs)
         rec.flops, rec.params = [flops0, flops1], [params0, params1]
@@ -367,7 +371,11 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
         keep = channels_to_keep(n, float(ratio), round_to, divisor)
         if keep < n:
             _prune_layer(m, dg, name, _drop_idxs(-torch.arange(n, dtype=torch.float32), n, keep, divisor))
-    check_forward(m, example_inputs, list(ratios))
+    try:
+        check_forward(m, example_inputs, list(ratios))
+    except PrunedForwardError as e:
+        e.ratios, e.counting, e.round_to = dict(ratios), True, round_to
+        raise
     return count_flops_params(m, example_inputs)[0]
 
 
@@ -401,6 +409,17 @@ class FlopsAfter:
         return self._cache[key]
 
 
+class PrunedForwardError(ConfigError):
+    """The pruned model no longer runs: a layer uses a channel count Torch-Pruning cannot see."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+        self.ratios: dict[str, float] | None = None  # the choice that broke it, where known
+        self.counting = False  # raised while counting FLOPs (flops_after drops each layer's last channels)
+        self.round_to: int | None = None
+
+
 def check_forward(model: nn.Module, example_inputs: torch.Tensor, pruned: list[str]) -> None:
     """Run the pruned ``model`` once; if it fails, say which pruned groups and how to leave them out."""
     try:
@@ -408,7 +427,49 @@ def check_forward(model: nn.Module, example_inputs: torch.Tensor, pruned: list[s
             model.eval()(example_inputs)
     except Exception as e:  # noqa: BLE001 - a shape error from deep inside the model's forward
         names = ", ".join(pruned[:6]) + (" ..." if len(pruned) > 6 else "")
-        raise ConfigError(f"the pruned {type(model).__name__} no longer runs ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160] if str(e) else ''}) after pruning {names}: some layer "
-                          "uses a fixed channel count Torch-Pruning cannot see (a reshape to a constant size, "
-                          "a hard-coded width); leave the layer out with ignored=[NAME] (--ignore NAME)") from None
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        raise PrunedForwardError(f"the pruned {type(model).__name__} no longer runs ({cause}) after pruning {names}: "
+                                 "some layer uses a fixed channel count Torch-Pruning cannot see (a reshape to a "
+                                 "constant size, a hard-coded width, a split into fixed sizes); leave the layer out "
+                                 "with ignored=[NAME] (--ignore NAME)", cause) from None
+
+
+BROKEN = "pruning it breaks the model's forward pass ({}): a layer uses a fixed channel count Torch-Pruning cannot see"
+
+
+def find_broken_groups(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float], *,
+                       importance_name: str = "l1", round_to: int = 8, counting: bool = False) -> dict[str, str]:
+    """Groups of ``ratios`` (a choice whose pruning broke the forward pass) to leave whole, with why: those that
+    break it when pruned alone at their ratio, or else the first whose addition breaks the others (network order,
+    bisected). Each test prunes a copy and runs it, as ``apply_ratios`` does or, with ``counting``, as
+    ``flops_after`` does (which channels go can decide whether it breaks: MixNet's fixed splits lose a whole part
+    when the last channels go).
+
+    What a pruner meets on networks it was not built for: GhostNet slices a concatenation to a fixed width, MixNet
+    splits its channels into fixed sizes."""
+    def breaks(subset: Mapping[str, float]) -> str | None:
+        try:
+            if counting:
+                flops_after(model, example_inputs, subset, round_to=round_to)
+            else:
+                apply_ratios(copy.deepcopy(model), example_inputs, subset, importance_name=importance_name,
+                             round_to=round_to, measure=False)
+        except PrunedForwardError as e:
+            return e.cause
+        return None
+
+    broken = {}
+    for name, ratio in ratios.items():
+        if (cause := breaks({name: ratio})) is not None:
+            broken[name] = BROKEN.format(cause)
+    names = list(ratios)
+    if broken or (cause := breaks(ratios)) is None:
+        return broken
+    ok, bad = 0, len(names)  # names[:ok] prune together, names[:bad] do not
+    while bad - ok > 1:
+        mid = (ok + bad) // 2
+        if (c := breaks({n: ratios[n] for n in names[:mid]})) is None:
+            ok = mid
+        else:
+            bad, cause = mid, c
+    return {names[bad - 1]: BROKEN.format(cause) + " (with the groups before it pruned)"}

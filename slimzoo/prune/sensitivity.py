@@ -31,8 +31,10 @@ from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from ..storage import read_json, write_json
 from .core import (
+    BROKEN,
     IMPORTANCES,
     FlopsAfter,
+    PrunedForwardError,
     apply_ratios,
     build_graph,
     channels_to_keep,
@@ -143,8 +145,12 @@ def analyze_sensitivity(model: nn.Module, example_inputs: torch.Tensor, evaluate
             else:
                 bar.set_postfix(layer=g.name[-24:], ratio=ratio)
                 m = copy.deepcopy(model)
-                apply_ratios(m, example_inputs, {g.name: ratio}, importance_name=cfg.importance,
-                             round_to=cfg.round_to, measure=False)
+                try:
+                    apply_ratios(m, example_inputs, {g.name: ratio}, importance_name=cfg.importance,
+                                 round_to=cfg.round_to, measure=False)
+                except PrunedForwardError as e:  # recorded: the group is never chosen, and prune() reports why
+                    entry["broken"] = BROKEN.format(e.cause)
+                    break
                 with distributed.local():  # ranks evaluate different models: no sharding, no reduction
                     value = float(evaluate(m))
                 point = {"ratio": ratio, "keep": keep, "metric": value,
@@ -226,7 +232,7 @@ def ratios_for_threshold(sens: dict, threshold: float, step: float = 0.05,
     for name, entry in sens["layers"].items():
         best = 0.0
         for r in grid:
-            loss = loss_at(entry, r, extrapolate)
+            loss = loss_at(entry, r, extrapolate and "broken" not in entry)  # no guess past a ratio that broke
             if loss is None or loss > threshold:
                 break
             best = r

@@ -1,7 +1,10 @@
 """Graph clean-up before quantization: patterns an FP32 ONNX file may hold that would keep a conv in float.
 
 - a zero ``Pad`` right before a ``Conv`` (TF-style "SAME" padding, e.g. EfficientNet-Lite) is merged into
-  the conv's own ``pads``, so the conv's input can be quantized where the conv reads it.
+  the conv's own ``pads``, so the conv's input can be quantized where the conv reads it;
+- an ``Identity`` of an initializer (the exporter writes one where two layers have identical weights, e.g. the
+  zero-initialised last layer of every residual block of an untrained timm model) becomes an initializer of its
+  own, so each layer has constant weights to quantize (and to round or correct on its own).
 """
 from __future__ import annotations
 
@@ -132,12 +135,30 @@ def decompose_hard_activations(model) -> int:
     return done
 
 
+def materialize_identity_initializers(model) -> int:
+    """Replace each ``Identity`` whose input is an initializer by a copy of that initializer under the Identity's
+    output name; returns how many."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    done = []
+    for n in g.node:
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in graph_outputs:
+            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[n.input[0]]), n.output[0]))
+            done.append(n)
+    for n in done:
+        g.node.remove(n)
+    return len(done)
+
+
 def preprocess(model, target: str = "onnxruntime"):
     """Apply every clean-up to ``model`` in place; returns a dict of what was done (for reports).
 
     The hard activations are decomposed for ONNX Runtime only: OpenVINO runs them whole, fused into its convs.
     """
-    done = {"pads_fused": fuse_pad_into_conv(model)}
+    done = {"identity_weights": materialize_identity_initializers(model), "pads_fused": fuse_pad_into_conv(model)}
     if target == "onnxruntime":
         done["hard_activations_decomposed"] = decompose_hard_activations(model)
     return done
