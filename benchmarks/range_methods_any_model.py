@@ -76,7 +76,8 @@ def main() -> None:
     for name in args.models:
         for method in METHODS:
             rs = [r for r in rows if r["model"] == name and r["method"] == method]
-            cell = lambda k: " / ".join(f"{r[k]:.2f}" for r in rs) + f" (mean {statistics.mean(r[k] for r in rs):.2f})"  # noqa: E731
+            def cell(k: str, rs=rs) -> str:
+                return " / ".join(f"{r[k]:.2f}" for r in rs) + f" (mean {statistics.mean(r[k] for r in rs):.2f})"
             lines.append(f"| {name} | {method} | {cell('sqnr_other_photos_db')} | {cell('agreement_other_photos')} | "
                          f"{cell('sqnr_heldout_half_db')} |")
     write_text(Path(args.out) / "range_methods_any_model.md",

@@ -449,8 +449,6 @@ def test_openvino_target_concatenates_int8_before_a_batchnorm(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ref = m(x).numpy()
-    from slimzoo.runtime import ort_session
-
     out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
 
@@ -461,7 +459,6 @@ def test_openvino_target_quantizes_attention_matmuls(tmp_path):
     import onnx
 
     from slimzoo.export import export_onnx
-    from slimzoo.quant.qdq import plan_qdq
 
     class Attn(nn.Module):
         def __init__(self):

@@ -42,9 +42,9 @@ from .sensitivity import (
 METHODS = ("sensitivity", "uniform")
 
 __all__ = ["PruneConfig", "PruneResult", "PruningRecord", "SensitivityConfig", "SensitivityExtrapolationWarning",
-           "analyze_sensitivity", "apply_ratios",
-           "analyze_groups", "build_graph", "channels_to_keep", "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold",
-           "replay", "search_threshold", "uniform_ratio"]
+           "analyze_groups", "analyze_sensitivity", "apply_ratios", "build_graph", "channels_to_keep",
+           "plot_sensitivity", "prunable_groups", "prune", "ratios_for_threshold", "replay", "search_threshold",
+           "uniform_ratio"]
 
 
 @dataclass

@@ -286,10 +286,10 @@ def search_threshold(model: nn.Module, example_inputs: torch.Tensor, sens: dict,
     if extrapolate:
         past = {n: r for n, r in ratios.items() if r > max(p["ratio"] for p in sens["layers"][n]["points"]) + 1e-9}
         if past:
+            named = ", ".join(f"{n} {r:.2f}" for n, r in list(past.items())[:4]) + (" ..." if len(past) > 4 else "")
             warnings.warn(f"-{flops_reduction:.1%} FLOPs needs more than the measured ratios allow ({measured:.1%} "
                           f"with every layer at its largest): {len(past)} group(s) pruned past their last measured "
-                          f"ratio on extrapolated losses ({', '.join(f'{n} {r:.2f}' for n, r in list(past.items())[:4])}"
-                          f"{' ...' if len(past) > 4 else ''}); measure larger ratios (--ratios) or a higher stop "
+                          f"ratio on extrapolated losses ({named}); measure larger ratios (--ratios) or a higher stop "
                           "loss to choose them on measured losses", SensitivityExtrapolationWarning, stacklevel=3)
     return ratios, best[1], red
 
