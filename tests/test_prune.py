@@ -253,6 +253,20 @@ def test_a_group_whose_pruning_breaks_the_forward_is_left_whole_and_said(tmp_pat
         with pytest.raises(ConfigError, match="left whole because pruning them breaks"):
             prune(m, X, PruneConfig(flops_reduction=0.97, method="uniform"))
 
+
+def test_a_group_search_that_does_not_end_is_stopped_and_the_group_left_whole(monkeypatch):
+    """ReXNet's group search ran for more than 15 minutes on one layer; past the cap the group is left unpruned."""
+    import slimzoo.prune.core as core
+
+    m = _model("resnet50")
+    sizes = {g.name: len(g.layers) for g in prunable_groups(m, build_graph(m, X))}
+    monkeypatch.setattr(core, "MAX_GROUP_ITEMS", 12)  # resnet50's residual stages couple more layers than that
+    groups, left = core.analyze_groups(m, build_graph(m, X))
+    stopped = [n for n, why in left.items() if "does not end" in why]
+    lost = set(sizes) - {g.name for g in groups}  # the residual stages' groups
+    assert stopped and lost and {g.name for g in groups} <= set(sizes)
+    assert all(sizes[n] >= 4 for n in lost)  # each stage couples several convs and their BatchNorms
+
 def test_flops_after_is_remembered_per_kept_channels_and_matches_a_fresh_count():
     from slimzoo.prune.core import FlopsAfter, flops_after
 

@@ -161,6 +161,26 @@ def test_untraceable_model_with_shared_zero_weights_quantizes_every_layer(tmp_pa
         ref = m(xt).numpy()
     assert np.corrcoef(ref.ravel(), ort_session(path, 1).run(None, {"input": xt.numpy()})[0].ravel())[0, 1] > 0.95
 
+
+def test_channel_multiplier_convs_stay_float_for_onnx_runtime(tmp_path):
+    """One input channel per group, two outputs: ONNX Runtime's int8 kernel for it is several times slower than
+    the float one (FastViT); depthwise and dense convs stay integer."""
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.qdq import channel_multiplier_convs, plan_qdq
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU(),
+                      nn.Conv2d(8, 16, 7, 2, 3, groups=8), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
+    model = onnx.load(str(fp32))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert channel_multiplier_convs(model) == [convs[2]]
+    assert plan_qdq(model).kept_fp32 == [convs[2]] and plan_qdq(model, target="openvino").kept_fp32 == []
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(stem="int8"))
+    check = integer_layers(path)
+    assert check.float_layers == [convs[2]] and check.integer == 3, check
+
 def test_bias_of_a_near_zero_weight_channel_does_not_saturate(tmp_path):
     """float32(2**31 - 1) == 2**31: clipping in float32 wrapped such biases to INT32_MIN."""
     import onnx

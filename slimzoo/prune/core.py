@@ -88,6 +88,35 @@ def _install_reshape_barriers() -> None:
     im.update_reshape_index_mapping = patched
 
 
+MAX_GROUP_ITEMS = 2000  # the largest group of the architectures measured: 151 items (GhostNet), DenseNet-121 102
+
+
+class GroupTooLarge(RuntimeError):
+    """Torch-Pruning's group search kept growing past MAX_GROUP_ITEMS."""
+
+
+def _install_group_cap() -> None:
+    """Stop a Torch-Pruning group search that keeps growing (once per process).
+
+    On ReXNet (an in-place add into a slice of the channels) the index mappings differ at every visit, so the search
+    never meets an item it has seen and ran for more than 15 minutes on one layer; capped, the group is left unpruned
+    (``analyze_groups`` says why) and the whole analysis takes seconds. No group of the networks measured comes near
+    the cap."""
+    from torch_pruning.dependency.group import Group
+
+    if getattr(Group.add_dep, "slimzoo", False):
+        return
+    orig = Group.add_dep
+
+    def add_dep(self, dep, idxs):
+        if len(self._group) >= MAX_GROUP_ITEMS:
+            raise GroupTooLarge(f"more than {MAX_GROUP_ITEMS} coupled layer slots")
+        orig(self, dep, idxs)
+
+    add_dep.slimzoo = True
+    Group.add_dep = add_dep
+
+
 def build_graph(model: nn.Module, example_inputs: torch.Tensor):
     """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs``.
 
@@ -95,6 +124,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor):
     """
     was_training = model.training
     _install_reshape_barriers()
+    _install_group_cap()
     try:
         dg = _tp().DependencyGraph()
         dg.slimzoo_barriers = set()
@@ -195,6 +225,10 @@ def analyze_groups(model: nn.Module, dg, ignored: list[str] | None = None
             continue
         try:
             g = dg.get_pruning_group(m, _pruning_fn(m), list(range(_out_channels(m))))
+        except GroupTooLarge:
+            left_out[names[m]] = ("Torch-Pruning's search for the channels coupled to it does not end (its index "
+                                  f"mappings keep changing; stopped past {MAX_GROUP_ITEMS} items)")
+            continue
         except Exception as e:  # noqa: BLE001 - Torch-Pruning's index mappings break on patterns it cannot follow
             left_out[names[m]] = f"Torch-Pruning cannot follow its channels ({type(e).__name__})"
             continue
@@ -438,10 +472,12 @@ BROKEN = "pruning it breaks the model's forward pass ({}): a layer uses a fixed 
 
 
 def find_broken_groups(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float], *,
-                       importance_name: str = "l1", round_to: int = 8, counting: bool = False) -> dict[str, str]:
+                       importance_name: str = "l1", round_to: int = 8, counting: bool = False,
+                       alone: bool = True) -> dict[str, str]:
     """Groups of ``ratios`` (a choice whose pruning broke the forward pass) to leave whole, with why: those that
     break it when pruned alone at their ratio, or else the first whose addition breaks the others (network order,
-    bisected). Each test prunes a copy and runs it, as ``apply_ratios`` does or, with ``counting``, as
+    bisected; ``alone=False`` only bisects, for a later failure once each group has been tried alone). Each test
+    prunes a copy and runs it, as ``apply_ratios`` does or, with ``counting``, as
     ``flops_after`` does (which channels go can decide whether it breaks: MixNet's fixed splits lose a whole part
     when the last channels go).
 
@@ -459,7 +495,7 @@ def find_broken_groups(model: nn.Module, example_inputs: torch.Tensor, ratios: M
         return None
 
     broken = {}
-    for name, ratio in ratios.items():
+    for name, ratio in ratios.items() if alone else ():
         if (cause := breaks({name: ratio})) is not None:
             broken[name] = BROKEN.format(cause)
     names = list(ratios)
