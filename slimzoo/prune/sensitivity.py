@@ -322,31 +322,32 @@ def refine_to_target(model: nn.Module, example_inputs: torch.Tensor, below: tupl
         return out
 
     best = min([(lo_ratios, lo_red), (hi_ratios, hi_red)], key=lambda p: abs(p[1] - target))
-    a, b = 0, len(names)
-    while b - a > 1:
-        k = (a + b) // 2
-        r = mixed(k)
+    best, _, b = _bisect_closest(mixed, 0, len(names), target, flops0, flops, best, integer=True)
+    if names:  # the layer whose switch crosses the target may land closer at a ratio between its two
+        name, base = names[b - 1], mixed(b - 1)
+        best, _, _ = _bisect_closest(lambda x: {**base, name: round(x, 4)}, lo_ratios.get(name, 0.0),
+                                     hi_ratios[name], target, flops0, flops, best, integer=False)
+    return best
+
+
+def _bisect_closest(choice, lo, hi, target: float, flops0: int, flops, best: tuple, *, integer: bool,
+                    steps: int = 8) -> tuple[tuple, float, float]:
+    """Bisect the parameter of ``choice(x) -> ratios`` between ``lo`` (short of ``target``) and ``hi`` (past it;
+    larger values remove more FLOPs): an integer down to neighbours, a float for ``steps`` halvings. Returns the
+    (ratios, reduction) closest to the target seen, ``best`` included, and the final bounds."""
+    done = 0
+    while hi - lo > 1 if integer else done < steps:
+        mid = (lo + hi) // 2 if integer else (lo + hi) / 2
+        r = choice(mid)
         red = _reduction(flops0, flops(r))
         if abs(red - target) < abs(best[1] - target):
             best = (r, red)
         if red >= target:
-            b = k
+            hi = mid
         else:
-            a = k
-    if names:  # the layer whose switch crosses the target may land closer at a ratio between its two
-        name, base = names[b - 1], mixed(b - 1)
-        lo, hi = lo_ratios.get(name, 0.0), hi_ratios[name]
-        for _ in range(8):
-            mid = (lo + hi) / 2
-            r = {**base, name: round(mid, 4)}
-            red = _reduction(flops0, flops(r))
-            if abs(red - target) < abs(best[1] - target):
-                best = (r, red)
-            if red >= target:
-                hi = mid
-            else:
-                lo = mid
-    return best
+            lo = mid
+        done += 1
+    return best, lo, hi
 
 
 def uniform_ratio(model: nn.Module, example_inputs: torch.Tensor, flops_reduction: float, *, round_to: int = 8,
