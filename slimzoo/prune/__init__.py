@@ -135,7 +135,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, e
             broken |= found
             ignored = (*ignored, *found)
             if sens is not None:
-                sens = {**sens, "layers": {n: e for n, e in sens["layers"].items() if n not in found}}
+                sens = {**sens, "layers": {n: entry for n, entry in sens["layers"].items() if n not in found}}
         except ConfigError as e:  # a target out of reach: say which groups had to be left whole, and why
             if not broken:
                 raise

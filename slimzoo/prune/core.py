@@ -398,6 +398,12 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
     """FLOPs of ``model`` pruned at ``ratios`` (on a copy; which channels go does not change the count)."""
     from ..bench import count_flops_params
 
+    return count_flops_params(_pruned_for_count(model, example_inputs, ratios, round_to), example_inputs)[0]
+
+
+def _pruned_for_count(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[str, float],
+                      round_to: int) -> nn.Module:
+    """A copy of ``model`` with each group's last channels removed at ``ratios``, checked to run."""
     m = copy.deepcopy(model)
     dg = build_graph(m, example_inputs)
     for name, ratio in ratios.items():
@@ -410,7 +416,7 @@ def flops_after(model: nn.Module, example_inputs: torch.Tensor, ratios: Mapping[
     except PrunedForwardError as e:
         e.ratios, e.counting, e.round_to = dict(ratios), True, round_to
         raise
-    return count_flops_params(m, example_inputs)[0]
+    return m
 
 
 class FlopsAfter:
@@ -485,8 +491,8 @@ def find_broken_groups(model: nn.Module, example_inputs: torch.Tensor, ratios: M
     splits its channels into fixed sizes."""
     def breaks(subset: Mapping[str, float]) -> str | None:
         try:
-            if counting:
-                flops_after(model, example_inputs, subset, round_to=round_to)
+            if counting:  # pruned as flops_after prunes, without the count
+                _pruned_for_count(model, example_inputs, subset, round_to)
             else:
                 apply_ratios(copy.deepcopy(model), example_inputs, subset, importance_name=importance_name,
                              round_to=round_to, measure=False)
