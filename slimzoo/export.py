@@ -26,8 +26,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for m in _fused_attention(model):  # traced below with the branch taken then: take the exportable one
         m.fused_attn = False
-    try:
-        return fuse(copy.deepcopy(model), inplace=True)
+    try:  # fuse traces before it changes anything: a model it cannot trace comes back as it was
+        return fuse(model, inplace=True)
     except Exception:  # noqa: BLE001 - torch.fx raises TraceError, TypeError, ... on what it cannot trace
         return model
 

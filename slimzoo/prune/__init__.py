@@ -126,9 +126,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, cfg: PruneConfig, *, e
             break
         except PrunedForwardError as e:
             # some group uses a channel count Torch-Pruning cannot see: find which, leave it whole, choose again
-            probe = e.ratios or dict.fromkeys((g.name for g in groups if g.name not in ignored), 0.5)
-            found = find_broken_groups(model, example_inputs, probe, importance_name=cfg.importance,
-                                       round_to=e.round_to or cfg.round_to, counting=e.counting,
+            found = find_broken_groups(model, example_inputs, e.ratios, importance_name=cfg.importance,
+                                       round_to=e.round_to, counting=e.counting,
                                        alone=attempt == 0)  # then one culprit per failure, bisected
             if not found or attempt == MAX_RETRIES:
                 raise

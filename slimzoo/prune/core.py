@@ -455,9 +455,9 @@ class PrunedForwardError(ConfigError):
     def __init__(self, message: str, cause: str):
         super().__init__(message)
         self.cause = cause
-        self.ratios: dict[str, float] | None = None  # the choice that broke it, where known
+        self.ratios: dict[str, float] = {}  # the choice that broke it and its rounding: set where it was pruned
         self.counting = False  # raised while counting FLOPs (flops_after drops each layer's last channels)
-        self.round_to: int | None = None
+        self.round_to = 8
 
 
 def check_forward(model: nn.Module, example_inputs: torch.Tensor, pruned: list[str]) -> None:
