@@ -213,7 +213,8 @@ def cmd_quant(args) -> None:
     bias_correction = {"all": True, "none": False, "depthwise": "depthwise"}[args.bias_correction]
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [], bias_correction=bias_correction, adaround=args.adaround,
-                    adaround_iters=args.adaround_iters, target=args.target, stem=args.stem)
+                    adaround_iters=args.adaround_iters, target=args.target, stem=args.stem,
+                    grouped_convs=args.grouped_convs)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -536,6 +537,10 @@ def _add_quant(sub) -> None:
                          "and keeps the float stem (more accurate: the image is not rounded) unless int8 is at "
                          "least 3%% faster (ONNX Runtime's int8 kernel is slow on 3 channels); int8 or float decide "
                          "without measuring")
+    sp.add_argument("--grouped-convs", choices=("auto", "int8", "float"), default="auto",
+                    help="grouped convs with several channels per group (ResNeXt, RegNet): auto times each in int8 "
+                         "and in float at 1 thread and keeps float where it is at least 10%% faster (ONNX Runtime's "
+                         "int8 kernel is slow on narrow groups); int8 or float decide without measuring")
     sp.add_argument("--no-check", action="store_true",
                     help="skip counting integer ops and timing the INT8 file against FP32 at one thread")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .grouped import MIN_GAIN as GROUPED_GAIN
 from .stem import MIN_GAIN
 
 # integer kernels of ONNX Runtime's CPU provider for weighted layers
@@ -35,6 +36,8 @@ class Int8Check:
     int8_ms: float | None = None
     # PTQConfig.stem == "auto": the first conv's measured choice {layers, chosen, int8_stem_ms, float_stem_ms}
     stem: dict | None = None
+    # PTQConfig.grouped_convs == "auto": per grouped conv {int8_ms, float_ms, chosen}, the ones kept float, untimed
+    grouped: dict | None = None
     kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
     calibration: dict | None = None  # calibration="auto": {chosen, agreement_pct, output_sqnr_db per method, images}
 
@@ -66,6 +69,11 @@ class Int8Check:
             s += (f"; first conv kept in {st['chosen']} (measured {st['int8_stem_ms']:.2f} ms with it in int8, "
                   f"{st['float_stem_ms']:.2f} ms in float; float, which does not round the image, unless int8 is "
                   f"at least {MIN_GAIN:.0%} faster)")
+        if self.grouped:
+            g = self.grouped
+            s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped convs kept in float "
+                  f"(each timed in int8 and in float, {g['seconds']:.1f} s; float where at least "
+                  f"{GROUPED_GAIN:.0%} faster)")
         return s
 
     def problems(self) -> list[str]:

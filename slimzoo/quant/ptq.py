@@ -17,6 +17,7 @@ from .check import Int8Check, check_int8
 from .preprocess import preprocess
 from .qdq import QdqPlan, plan_qdq, unify_ranges, with_rescaled, write_qdq
 from .qparams import QuantParams, activation_qparams, weight_qparams
+from .grouped import choose_grouped, grouped_convs
 from .stem import choose_stem, stem_layers
 
 
@@ -48,9 +49,14 @@ class PTQConfig:
     # the first conv (3 input channels): "auto" writes the file both ways when it is checked and keeps the faster
     # at one thread (quant.stem); "int8" or "float" decide without measuring (an unchecked "auto" stays int8)
     stem: str = "auto"
+    # grouped convs with several channels per group (ResNeXt, RegNet): "auto" times each in int8 and in float in a
+    # small chain when the file is checked and keeps float where that is clearly faster (quant.grouped); "int8" or
+    # "float" decide without measuring (an unchecked "auto" stays int8)
+    grouped_convs: str = "auto"
 
     def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
         from .calibrate import METHODS
+        from .grouped import GROUPED
         from .qdq import TARGETS
         from .stem import STEMS
 
@@ -58,6 +64,8 @@ class PTQConfig:
             raise ConfigError(f"quantization target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        if self.grouped_convs not in GROUPED:
+            raise ConfigError(f"grouped_convs must be one of {', '.join(GROUPED)}, got {self.grouped_convs!r}")
         if self.calibration not in (*METHODS, "auto"):
             raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, auto; got {self.calibration!r}")
         if self.bias_correction not in (False, True, "depthwise"):
@@ -164,6 +172,8 @@ def prepare_ptq(fp32_path: str | Path, batches: Iterable, cfg: PTQConfig | None 
     else:
         batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
     keep = set(cfg.keep_fp32) | (set(stem_layers(model)) if cfg.stem == "float" else set())
+    if cfg.grouped_convs == "float":
+        keep |= set(grouped_convs(model))
     plan = plan_qdq(model, keep, cfg.target)
     symmetric = cfg.target == "openvino"
     choice = None
@@ -220,13 +230,23 @@ def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, 
 
 def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Iterable, cfg: PTQConfig | None,
                      shape: tuple[int, ...], *, check: bool = True) -> tuple[Path, Int8Check | None]:
-    """What ``quantize_onnx`` does, then (with ``check``) the stem decision of ``cfg.stem == "auto"`` (the file
-    written with the first conv in int8 and in float, the faster kept) and the check of what ONNX Runtime makes of
-    the file (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
+    """What ``quantize_onnx`` does, with (when ``check``) the measured choices: grouped convs in int8 or float
+    (``cfg.grouped_convs == "auto"``, each timed in a small chain before the file is written), then the stem
+    (``cfg.stem == "auto"``: the file written with the first conv in int8 and in float, the faster kept), and the
+    check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
     import onnx
 
     cfg = cfg or PTQConfig()
     batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
+    grouped = None
+    if check and cfg.grouped_convs == "auto" and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
+        model = onnx.load(str(fp32_path))
+        preprocess(model, cfg.target)
+        grouped = choose_grouped(model, shape, set(cfg.keep_fp32))
+        if grouped["float"]:  # from here on an explicit choice, for this file and the other stem's
+            cfg = PTQConfig(**{**cfg.to_dict(), "keep_fp32": [*cfg.keep_fp32, *grouped["float"]]})
+        if not grouped["layers"] and not grouped["untimed"]:
+            grouped = None
     prep = prepare_ptq(fp32_path, batches, cfg)
     path, plan = write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.plan
     if not check:
@@ -243,6 +263,7 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
         plan = alt_plan if decision["chosen"] == "float" else plan
     result = check_int8(fp32_path, path, shape)
     result.stem = decision
+    result.grouped = grouped
     result.kept_float = len(plan.kept_fp32)
     result.calibration = prep.range_choice
     return Path(path), report_check(result, path)
