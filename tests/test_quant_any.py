@@ -181,6 +181,42 @@ def test_channel_multiplier_convs_stay_float_for_onnx_runtime(tmp_path):
     check = integer_layers(path)
     assert check.float_layers == [convs[2]] and check.integer == 3, check
 
+class _StdConv(nn.Conv2d):  # weight standardization at run time, as timm's StdConv2d (BiT) and ScaledStdConv2d
+    def forward(self, x):
+        w = nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                                     momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return nn.functional.conv2d(x, w * 0.5, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_weights_computed_in_the_graph_are_folded_and_quantized(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.preprocess import fold_computed_weights
+    from slimzoo.runtime import ort_session
+
+    torch.manual_seed(0)
+    m = nn.Sequential(_StdConv(3, 8, 3, 1, 1), nn.ReLU(), _StdConv(8, 8, 3, 1, 1, groups=8), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(8 * 16 * 16, 4)).eval()
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 16, 16))
+    model = onnx.load(str(fp32))
+    inits = {i.name for i in model.graph.initializer}
+    assert sum(n.input[1] not in inits for n in model.graph.node if n.op_type == "Conv") == 2  # as exported
+    assert fold_computed_weights(model) == 2
+    inits = {i.name for i in model.graph.initializer}
+    assert all(n.input[1] in inits for n in model.graph.node if n.op_type == "Conv")
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]  # what computed them is gone
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    onnx.save(model, str(tmp_path / "folded.onnx"))
+    np.testing.assert_allclose(ort_session(tmp_path / "folded.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
+                               rtol=1e-4, atol=1e-5)
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(16), PTQConfig(stem="int8"))
+    check = integer_layers(path)
+    assert check.float_layers == [] and check.integer == 3, check
+
+
 def test_bias_of_a_near_zero_weight_channel_does_not_saturate(tmp_path):
     """float32(2**31 - 1) == 2**31: clipping in float32 wrapped such biases to INT32_MIN."""
     import onnx

@@ -1,8 +1,9 @@
 """timm architectures slimzoo was not built for (random weights, small inputs): export, INT8 and pruning.
 
 Each one broke something once: DeiT's fused attention the exporter, MobileViT's control flow torch.fx (and its
-zero-initialised residual layers, written once behind an Identity, the quantization plan), GhostNet's fixed
-channel counts the pruner."""
+zero-initialised residual layers, written once behind an Identity, the quantization plan), NF-RegNet's weights
+standardized in the graph at run time (the plan, which quantizes constant weights), GhostNet's fixed channel counts
+the pruner."""
 import warnings
 
 import numpy as np
@@ -24,7 +25,8 @@ def _model(name: str, **kw):
     return m.eval()
 
 
-@pytest.mark.parametrize(("name", "kw"), [("deit_tiny_patch16_224", {"img_size": 64}), ("mobilevit_xxs", {})])
+@pytest.mark.parametrize(("name", "kw"), [("deit_tiny_patch16_224", {"img_size": 64}), ("mobilevit_xxs", {}),
+                                         ("nf_regnet_b0", {})])
 def test_quantizes_with_every_weighted_layer_integer(tmp_path, name, kw):
     from slimzoo.runtime import ort_session
 

@@ -4,7 +4,10 @@
   the conv's own ``pads``, so the conv's input can be quantized where the conv reads it;
 - an ``Identity`` of an initializer (the exporter writes one where two layers have identical weights, e.g. the
   zero-initialised last layer of every residual block of an untrained timm model) becomes an initializer of its
-  own, so each layer has constant weights to quantize (and to round or correct on its own).
+  own, so each layer has constant weights to quantize (and to round or correct on its own);
+- a weight computed in the graph from constants only (weight standardization: timm's BiT ResNetV2 and NF-Nets
+  standardize every conv's weight with a BatchNormalization at run time) becomes an initializer holding its value,
+  so the layer can be quantized at all (53 of BiT-ResNetV2-50's 54 convs stayed in float before).
 """
 from __future__ import annotations
 
@@ -153,12 +156,56 @@ def materialize_identity_initializers(model) -> int:
     return len(done)
 
 
+def fold_computed_weights(model) -> int:
+    """Replace each weight or bias of a Conv/ConvTranspose/Gemm/MatMul that the graph computes from constants only
+    by an initializer of the same name holding its value (computed once, by ONNX's reference evaluator), and drop
+    the nodes that computed it; returns how many tensors were folded."""
+    from onnx import numpy_helper
+
+    from .qdq import COMPUTE
+
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+    wanted = []
+    for n in g.node:
+        if n.op_type in COMPUTE:
+            for name in n.input[COMPUTE[n.op_type]:COMPUTE[n.op_type] + 2]:
+                p = producers.get(name)
+                if name and name not in inits and name not in wanted and p is not None and p.op_type != "Constant" \
+                        and len(p.output) == 1 and name not in graph_outputs:
+                    wanted.append(name)
+    folded = 0
+    for name in wanted:
+        value = _const_through(model, name)
+        if value is None or value.dtype.kind != "f":
+            continue
+        g.node.remove(producers[name])
+        g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        folded += 1
+    if folded:  # the nodes that computed the weights are read by nothing now
+        while True:
+            read = {i for n in g.node for i in n.input} | graph_outputs
+            dead = [n for n in g.node if not any(o in read for o in n.output)]
+            if not dead:
+                break
+            for n in dead:
+                g.node.remove(n)
+        used = {i for n in g.node for i in n.input}
+        keep = [i for i in g.initializer if i.name in used or i.name in graph_outputs]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    return folded
+
+
 def preprocess(model, target: str = "onnxruntime"):
     """Apply every clean-up to ``model`` in place; returns a dict of what was done (for reports).
 
     The hard activations are decomposed for ONNX Runtime only: OpenVINO runs them whole, fused into its convs.
     """
-    done = {"identity_weights": materialize_identity_initializers(model), "pads_fused": fuse_pad_into_conv(model)}
+    done = {"identity_weights": materialize_identity_initializers(model),
+            "computed_weights": fold_computed_weights(model), "pads_fused": fuse_pad_into_conv(model)}
     if target == "onnxruntime":
         done["hard_activations_decomposed"] = decompose_hard_activations(model)
     return done
