@@ -611,3 +611,66 @@ def test_two_float_layers_reading_one_quantized_tensor_share_its_per_channel_twi
 
     out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+class _MeanPooled(nn.Module):  # x.mean over H, W: a squeeze-excite gate (keepdim) and the final pooling (no keepdim)
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x.mean((-2, -1)))
+
+
+def test_spatial_reduce_means_become_integer_global_pools(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.check import _optimized_graph
+    from slimzoo.quant.preprocess import reduce_means_to_global_pools
+    from slimzoo.runtime import ort_session
+
+    m = _MeanPooled().eval()
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
+    model = onnx.load(str(fp32))
+    assert sum(n.op_type == "ReduceMean" for n in model.graph.node) == 2  # as exported
+    assert reduce_means_to_global_pools(model) == 2
+    assert not [n for n in model.graph.node if n.op_type == "ReduceMean"]
+    onnx.save(model, str(tmp_path / "pooled.onnx"))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(ort_session(tmp_path / "pooled.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
+                               rtol=1e-4, atol=1e-5)
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(stem="int8"))
+    ops = [n.op_type for n in _optimized_graph(path).node]
+    assert ops.count("QLinearGlobalAveragePool") == 2 and "ReduceMean" not in ops and "GlobalAveragePool" not in ops
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_file_with_a_fixed_batch_is_calibrated_and_checked_at_that_batch(tmp_path, batch):
+    """torch.onnx.export's default exporter writes batch 1 into the file; calibration batches are larger."""
+    from slimzoo.errors import ConfigError
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant.ptq import quantize_checked
+    from slimzoo.runtime import ort_session
+
+    m = _warm(TwoOutputs(), 32)
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "f.onnx", torch.randn(batch, 3, 32, 32), dynamic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path, check = quantize_checked(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(calibration="auto"),
+                                       (1, 3, 32, 32))
+    assert check.float_layers == [] or check.kept_float == len(check.float_layers)
+    assert check.int8_ms > 0 and check.calibration["images"] > 0
+    x = _batches(32)[0][:batch].numpy()
+    out = ort_session(path, 1).run(None, {"input": x})[0]
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x))[0].numpy()
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
+    if batch > 1:
+        with pytest.raises(ConfigError, match="takes batches of exactly 2 images"):
+            quantize_onnx(fp32, tmp_path / "r.onnx", [torch.randn(1, 3, 32, 32)], PTQConfig(stem="int8"))

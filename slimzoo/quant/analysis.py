@@ -52,9 +52,10 @@ def _sqnr_db(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
 def _outputs(path, batches) -> list[np.ndarray]:
     from ..runtime import ort_session
 
+    from .calibrate import run_batch
+
     s = ort_session(path, 2)
-    name = s.get_inputs()[0].name
-    return [s.run(None, {name: b})[0] for b in batches]
+    return [run_batch(s, None, b)[0] for b in batches]
 
 
 def analyze_layers(fp32_path: str | Path, batches: Sequence, evaluate: Callable[[Path], float] | None, *,

@@ -138,12 +138,13 @@ def _median_ms(sess, feed, runs: int, budget_s: float) -> float:
 
 
 def input_shape(path: str | Path, default_hw: tuple[int, int] = (224, 224)) -> tuple[int, ...]:
-    """A concrete input shape for an ONNX file: batch 1, named sizes of dynamic spatial dims by ``default_hw``."""
+    """A concrete input shape for an ONNX file: batch 1 unless the file fixes another, named sizes of dynamic
+    spatial dims by ``default_hw``."""
     import onnx
 
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.dim_value > 0 else 0 for d in dims]
-    if shape:
+    if shape and not shape[0]:
         shape[0] = 1
     for k, hw in zip(range(len(shape) - 2, len(shape)), default_hw):
         if k >= 1 and shape[k] == 0:

@@ -7,7 +7,8 @@
   own, so each layer has constant weights to quantize (and to round or correct on its own);
 - a weight computed in the graph from constants only (weight standardization: timm's BiT ResNetV2 and NF-Nets
   standardize every conv's weight with a BatchNormalization at run time) becomes an initializer holding its value,
-  so the layer can be quantized at all (53 of BiT-ResNetV2-50's 54 convs stayed in float before).
+  so the layer can be quantized at all (53 of BiT-ResNetV2-50's 54 convs stayed in float before);
+- a ``ReduceMean`` over the spatial axes becomes the ``GlobalAveragePool`` it is, which has an integer kernel.
 """
 from __future__ import annotations
 
@@ -156,6 +157,56 @@ def materialize_identity_initializers(model) -> int:
     return len(done)
 
 
+def reduce_means_to_global_pools(model) -> int:
+    """Rewrite each ``ReduceMean`` over the two spatial axes of a 4-D tensor (``x.mean((2, 3))``: the squeeze of
+    timm's squeeze-excite blocks, the pooling of every network ``torch.onnx.export``'s default exporter writes) into
+    ``GlobalAveragePool`` (followed by a ``Squeeze`` without ``keepdims``), the same function with an integer kernel
+    (QLinearGlobalAveragePool); ReduceMean has none and runs in float between DequantizeLinear and QuantizeLinear.
+    Returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    if not any(n.op_type == "ReduceMean" for n in g.node):
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - no shapes, no rewrite
+        return 0
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
+            if v.type.tensor_type.HasField("shape")}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    new_nodes, done = [], 0
+    for n in g.node:
+        if n.op_type == "ReduceMean" and rank.get(n.input[0]) == 4:
+            axes = _attr(n, "axes")
+            if axes is None and len(n.input) > 1 and n.input[1]:
+                value = _const_value(model, n.input[1])
+                axes = None if value is None else value.tolist()
+            if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
+                stem = n.name or n.output[0]
+                if _attr(n, "keepdims", 1):
+                    new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=stem))
+                else:
+                    new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [f"{stem}_pooled"],
+                                                      name=stem))
+                    if opset >= 13:  # Squeeze takes its axes as an input since opset 13
+                        axes_name = f"{stem}_squeeze_axes"
+                        g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), axes_name))
+                        new_nodes.append(helper.make_node("Squeeze", [f"{stem}_pooled", axes_name], [n.output[0]],
+                                                          name=f"{stem}_squeeze"))
+                    else:
+                        new_nodes.append(helper.make_node("Squeeze", [f"{stem}_pooled"], [n.output[0]],
+                                                          name=f"{stem}_squeeze", axes=[2, 3]))
+                done += 1
+                continue
+        new_nodes.append(n)
+    if done:
+        del g.node[:]
+        g.node.extend(new_nodes)
+    return done
+
+
 def fold_computed_weights(model) -> int:
     """Replace each weight or bias of a Conv/ConvTranspose/Gemm/MatMul that the graph computes from constants only
     by an initializer of the same name holding its value (computed once, by ONNX's reference evaluator), and drop
@@ -205,7 +256,8 @@ def preprocess(model, target: str = "onnxruntime"):
     The hard activations are decomposed for ONNX Runtime only: OpenVINO runs them whole, fused into its convs.
     """
     done = {"identity_weights": materialize_identity_initializers(model),
-            "computed_weights": fold_computed_weights(model), "pads_fused": fuse_pad_into_conv(model)}
+            "computed_weights": fold_computed_weights(model), "pads_fused": fuse_pad_into_conv(model),
+            "reduce_means_pooled": reduce_means_to_global_pools(model)}
     if target == "onnxruntime":
         done["hard_activations_decomposed"] = decompose_hard_activations(model)
     return done

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .calibrate import collect_ranges, first_images
-from .check import Int8Check, check_int8
+from .check import Int8Check, check_int8, input_shape
 from .preprocess import preprocess
 from .qdq import QdqPlan, plan_qdq, unify_ranges, with_rescaled, write_qdq
 from .qparams import QuantParams, activation_qparams, weight_qparams
@@ -233,11 +233,14 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
     """What ``quantize_onnx`` does, with (when ``check``) the measured choices: grouped convs in int8 or float
     (``cfg.grouped_convs == "auto"``, each timed in a small chain before the file is written), then the stem
     (``cfg.stem == "auto"``: the file written with the first conv in int8 and in float, the faster kept), and the
-    check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and :func:`quantize`."""
+    check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and
+    :func:`quantize`."""
     import onnx
 
     cfg = cfg or PTQConfig()
     batches = calibration_set(batches, cfg.num_calibration, cfg.calibration_batch_size)
+    fixed = input_shape(fp32_path)[0]  # a file exported with a fixed batch (torch.onnx.export's default: 1) runs at it
+    shape = (fixed, *shape[1:]) if fixed != 1 else shape
     grouped = None
     if check and cfg.grouped_convs == "auto" and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
         model = onnx.load(str(fp32_path))

@@ -19,11 +19,12 @@ CANDIDATES = ("percentile", "mse")
 def _outputs(path: Path, batches: list) -> list[np.ndarray]:
     import onnxruntime as ort
 
+    from .calibrate import run_batch
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    outs = [s.run(None, {name: b}) for b in batches]
+    outs = [run_batch(s, None, b) for b in batches]
     return [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(outs[0]))]
 
 
