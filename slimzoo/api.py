@@ -74,8 +74,12 @@ def prepare_onnx(path: str | Path, out: str | Path) -> Path:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(out)
     so.log_severity_level = 3
+    try:  # weights in a separate file (``torch.onnx.export``'s default for its exports) are read in from beside it
+        data = onnx.load(str(src)).SerializeToString()
+    except ValueError as e:  # protobuf's 2 GB limit
+        raise ConfigError(f"{src}: too large to quantize in one piece ({e})") from None
     try:
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"{src}: ONNX Runtime cannot load this file: {' '.join(str(e).split())[:300]}") from None
     m = onnx.load(str(out))

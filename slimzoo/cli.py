@@ -349,12 +349,36 @@ def cmd_prune(args) -> None:
         print(json.dumps({"checkpoint": str(out), **info, **metrics}, indent=2))
 
 
+def _bench_shape(path: str, size: int, explicit: bool) -> tuple[int, ...]:
+    """The input shape to time ``path`` at: batch 1 and ``size`` x ``size`` where the file leaves them open, the
+    file's own where it fixes them (``torch.onnx.export``'s default); a fixed size other than an explicit
+    ``--input-size`` is an error."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: ONNX file not found")
+    try:
+        dims = onnx.load(str(p), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for a file that is not ONNX
+        raise ConfigError(f"{p}: not a valid ONNX model ({str(e).splitlines()[0][:200]})") from None
+    fixed = [d.dim_value if d.dim_value > 0 else None for d in dims]
+    if len(fixed) != 4:
+        raise ConfigError(f"{p}: the input has {len(fixed)} dimensions; slimzoo bench times image models (N, C, H, W)")
+    hw = fixed[2:]
+    if explicit and any(v is not None and v != size for v in hw):
+        raise ConfigError(f"{p}: the file takes {hw[0]}x{hw[1]} images only (fixed when it was exported); "
+                          f"drop --input-size or pass --input-size {hw[0]}")
+    return (fixed[0] or 1, fixed[1] or 3, hw[0] or size, hw[1] or size)
+
+
 def cmd_bench(args) -> None:
     from .bench import benchmark_latency, file_size_mb
 
-    lat = benchmark_latency(args.onnx, (1, 3, args.input_size, args.input_size), threads=tuple(args.threads),
+    shape = _bench_shape(args.onnx, args.input_size or 224, explicit=args.input_size is not None)
+    lat = benchmark_latency(args.onnx, shape, threads=tuple(args.threads),
                             warmup=args.warmup, runs=args.runs, runtime=args.runtime)
-    res = {"file": args.onnx, "size_mb": round(file_size_mb(args.onnx), 3), "input_size": args.input_size,
+    res = {"file": args.onnx, "size_mb": round(file_size_mb(args.onnx), 3), "input_size": shape[-1],
            "runtime": args.runtime, "latency_ms": lat}
     print(json.dumps(res, indent=2))
     if args.json:
@@ -605,7 +629,8 @@ def _add_bench(sub) -> None:
     sp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                     help="openvino needs the extra (pip install 'slimzoo[openvino]'); onnxruntime-cuda and "
                          "onnxruntime-tensorrt a GPU and onnxruntime-gpu (--threads is then ignored)")
-    sp.add_argument("--input-size", type=A.IMAGE_SIZE, default=224)
+    sp.add_argument("--input-size", type=A.IMAGE_SIZE, default=None,
+                    help="image side (default 224, or the file's own where it fixes one)")
     sp.add_argument("--threads", type=A.THREADS, nargs="+", default=[1, 2, 4])
     sp.add_argument("--warmup", type=A.COUNT0, default=5)
     sp.add_argument("--runs", type=A.COUNT, default=30)

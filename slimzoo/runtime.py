@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,6 +97,27 @@ def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | 
         raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {one_line(e)}") from None
 
 
+def run_batch(sess, outputs: list[str] | None, x: np.ndarray) -> list[np.ndarray]:
+    """``sess.run`` on the batch ``x``, in chunks of the model's batch size where its input fixes one (the
+    default ``torch.onnx.export`` writes batch 1), the chunks' outputs concatenated along axis 0 as one run on ``x``
+    would give them (the last chunk filled up with copies of the last image, whose outputs are dropped)."""
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    n = len(x)
+    if fixed is None or n == fixed:
+        return sess.run(outputs, {inp.name: x})
+    x = np.concatenate([x, np.repeat(x[-1:], (-n) % fixed, axis=0)])
+    chunks = [sess.run(outputs, {inp.name: x[i:i + fixed]}) for i in range(0, len(x), fixed)]
+    out = []
+    for k in range(len(chunks[0])):
+        if not np.ndim(chunks[0][k]):
+            out.append(chunks[0][k])
+            continue
+        v = np.concatenate([c[k] for c in chunks])
+        out.append(v[:n] if len(v) == len(x) else v)
+    return out
+
+
 class OnnxPredictor:
     """Run an ONNX file in ONNX Runtime (CPU, or a GPU provider); outputs come back as torch tensors."""
 
@@ -106,7 +128,7 @@ class OnnxPredictor:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, images: torch.Tensor):
-        outs = self.session.run(self.output_names, {self.input_name: images.float().contiguous().numpy()})
+        outs = run_batch(self.session, self.output_names, images.float().contiguous().numpy())
         outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 

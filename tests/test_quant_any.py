@@ -653,7 +653,6 @@ def test_spatial_reduce_means_become_integer_global_pools(tmp_path):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_a_file_with_a_fixed_batch_is_calibrated_and_checked_at_that_batch(tmp_path, batch):
     """torch.onnx.export's default exporter writes batch 1 into the file; calibration batches are larger."""
-    from slimzoo.errors import ConfigError
     from slimzoo.export import export_onnx, fold_batchnorm
     from slimzoo.quant.ptq import quantize_checked
     from slimzoo.runtime import ort_session
@@ -671,6 +670,5 @@ def test_a_file_with_a_fixed_batch_is_calibrated_and_checked_at_that_batch(tmp_p
     with torch.no_grad():
         ref = m(torch.from_numpy(x))[0].numpy()
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
-    if batch > 1:
-        with pytest.raises(ConfigError, match="takes batches of exactly 2 images"):
-            quantize_onnx(fp32, tmp_path / "r.onnx", [torch.randn(1, 3, 32, 32)], PTQConfig(stem="int8"))
+    if batch > 1:  # fewer calibration images than the file's batch
+        quantize_onnx(fp32, tmp_path / "r.onnx", [torch.randn(1, 3, 32, 32)], PTQConfig(stem="int8"))

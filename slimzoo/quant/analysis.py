@@ -52,7 +52,7 @@ def _sqnr_db(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
 def _outputs(path, batches) -> list[np.ndarray]:
     from ..runtime import ort_session
 
-    from .calibrate import run_batch
+    from ..runtime import run_batch
 
     s = ort_session(path, 2)
     return [run_batch(s, None, b)[0] for b in batches]

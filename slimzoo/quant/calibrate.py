@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime import run_batch
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
 BINS = 2048
@@ -178,22 +179,6 @@ def collect_ranges(model, tensors: list[str], batches: Iterable, *, method: str 
         for name, value in iterate_tensors(model, tensors, batches, threads):
             fn(name, value)
     return obs.ranges()
-
-
-def run_batch(sess, outputs: list[str] | None, x: np.ndarray) -> list[np.ndarray]:
-    """``sess.run`` on the batch ``x``, in chunks of the model's batch size where its input fixes one (the
-    default ``torch.onnx.export`` writes batch 1), the chunks' outputs concatenated along axis 0 as one run on ``x``
-    would give them (images past the last whole chunk are left out)."""
-    inp = sess.get_inputs()[0]
-    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    if fixed is None or len(x) == fixed:
-        return sess.run(outputs, {inp.name: x})
-    if len(x) < fixed:
-        raise ConfigError(f"the model's input {inp.name!r} takes batches of exactly {fixed} images, and only "
-                          f"{len(x)} were given; pass at least {fixed} calibration images per batch")
-    chunks = [sess.run(outputs, {inp.name: x[i:i + fixed]}) for i in range(0, len(x) - fixed + 1, fixed)]
-    return [np.concatenate([c[k] for c in chunks]) if np.ndim(chunks[0][k]) else chunks[0][k]
-            for k in range(len(chunks[0]))]
 
 
 def iterate_tensors(model, tensors: list[str], batches: list[np.ndarray], threads: int = 2):

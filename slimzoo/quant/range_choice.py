@@ -19,7 +19,7 @@ CANDIDATES = ("percentile", "mse")
 def _outputs(path: Path, batches: list) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    from .calibrate import run_batch
+    from ..runtime import run_batch
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
