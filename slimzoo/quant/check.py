@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .grouped import MIN_GAIN as GROUPED_GAIN
 from .stem import MIN_GAIN
 
 # integer kernels of ONNX Runtime's CPU provider for weighted layers
@@ -73,7 +72,7 @@ class Int8Check:
             g = self.grouped
             s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped convs kept in float "
                   f"(each timed in int8 and in float, {g['seconds']:.1f} s; float where at least "
-                  f"{GROUPED_GAIN:.0%} faster)")
+                  f"{g['min_gain']:.0%} faster)")
         return s
 
     def problems(self) -> list[str]:

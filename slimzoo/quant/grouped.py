@@ -95,8 +95,7 @@ def _write_chain(chain, keep: set[str], path: Path) -> Path:
     """The chain as slimzoo writes it (the same writer as every INT8 file), ``keep`` in float."""
     import onnx
 
-    from .ptq import compute_qparams
-    from .qdq import plan_qdq, write_qdq
+    from .qdq import compute_qparams, plan_qdq, write_qdq
 
     m = onnx.ModelProto()
     m.CopyFrom(chain)
@@ -113,7 +112,7 @@ def choose_grouped(model, image_shape: tuple[int, ...], keep: set[str] = frozens
     from onnx import numpy_helper
 
     names = [n for n in grouped_convs(model) if n not in keep]
-    result = {"float": [], "layers": {}, "untimed": [], "seconds": 0.0}
+    result = {"float": [], "layers": {}, "untimed": [], "seconds": 0.0, "min_gain": MIN_GAIN}
     if not names:
         return result
     start = time.perf_counter()

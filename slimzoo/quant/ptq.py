@@ -15,8 +15,8 @@ from ..errors import ConfigError
 from .calibrate import collect_ranges, first_images
 from .check import Int8Check, check_int8, input_shape
 from .preprocess import preprocess
-from .qdq import QdqPlan, plan_qdq, unify_ranges, with_rescaled, write_qdq
-from .qparams import QuantParams, activation_qparams, weight_qparams
+from .qdq import QdqPlan, compute_qparams, plan_qdq, write_qdq
+from .qparams import QuantParams
 from .grouped import choose_grouped, grouped_convs
 from .stem import choose_stem, stem_layers
 
@@ -87,31 +87,6 @@ class PTQConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]], symmetric: bool = False
-                    ) -> QuantParams:
-    """Turn observed ranges and the model's weights into the quantization parameters (activations symmetric,
-    zero point 0, with ``symmetric``)."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    qp = QuantParams()
-    for t in plan.activations:
-        if t not in ranges:
-            raise ConfigError(f"calibration did not observe tensor {t!r}")
-        if not all(np.isfinite(v) for v in ranges[t]):
-            raise ConfigError(f"activation {t!r} is NaN or infinite on the calibration images: the FP32 model "
-                              "itself produces non-finite values; check its weights and inputs before quantizing")
-        qp.activations[t] = activation_qparams(*ranges[t], symmetric=symmetric)
-    unify_ranges(plan, qp)
-    for w, (axis, _) in plan.weights.items():
-        value = numpy_helper.to_array(inits[w]).astype("float32")
-        if not np.isfinite(value).all():
-            raise ConfigError(f"weight {w!r} holds {int((~np.isfinite(value)).sum())} NaN or infinite value(s); "
-                              "nothing was written")
-        qp.weights[w] = weight_qparams(value, axis)
-    return with_rescaled(plan, qp)
 
 
 def calibration_set(batches: Iterable, num_images: int, batch_size: int) -> list[np.ndarray]:

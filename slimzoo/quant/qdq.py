@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .qparams import QuantParams, WeightQParams, bias_safe_weight_scale, quantize_bias, quantize_weight
+from ..errors import ConfigError
+from .qparams import (QuantParams, WeightQParams, activation_qparams, bias_safe_weight_scale, quantize_bias,
+                      quantize_weight, weight_qparams)
 
 COMPUTE = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
 # convolutions: ONNX Runtime has no conv kernel with integer inputs and a float output, so their output
@@ -316,13 +318,12 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
 
     ``keep_fp32`` names layers to leave in float, by ONNX node name or PyTorch module name. ``target``:
     ``onnxruntime`` quantizes every conv's output (its integer conv kernels need the QuantizeLinear after
-    the conv) and leaves channel-multiplier convs in float (:func:`channel_multiplier_convs`); ``openvino`` quantizes a conv's output only where an integer op reads it, as NNCF does
+    the conv) and leaves channel-multiplier convs in float (:func:`channel_multiplier_convs`); ``openvino``
+    quantizes a conv's output only where an integer op reads it, as NNCF does
     (OpenVINO runs a conv in int8 from its quantized inputs alone, and a QuantizeLinear before a float op
     such as Hardswish only costs it time).
     """
     if target not in TARGETS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"unknown target runtime {target!r}; choose one of {', '.join(TARGETS)}")
     keep = set(keep_fp32 or ())
     if target == "onnxruntime":
@@ -403,6 +404,31 @@ def with_rescaled(plan: QdqPlan, qp: QuantParams) -> QuantParams:
         if a is not None:
             qp.activations[o] = TensorQParams(float(np.float32(a.scale * factor)), a.zero_point, a.signed)
     return qp
+
+
+def compute_qparams(model, plan: QdqPlan, ranges: dict[str, tuple[float, float]], symmetric: bool = False
+                    ) -> QuantParams:
+    """Turn observed ranges and the model's weights into the quantization parameters (activations symmetric,
+    zero point 0, with ``symmetric``)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    qp = QuantParams()
+    for t in plan.activations:
+        if t not in ranges:
+            raise ConfigError(f"calibration did not observe tensor {t!r}")
+        if not all(np.isfinite(v) for v in ranges[t]):
+            raise ConfigError(f"activation {t!r} is NaN or infinite on the calibration images: the FP32 model "
+                              "itself produces non-finite values; check its weights and inputs before quantizing")
+        qp.activations[t] = activation_qparams(*ranges[t], symmetric=symmetric)
+    unify_ranges(plan, qp)
+    for w, (axis, _) in plan.weights.items():
+        value = numpy_helper.to_array(inits[w]).astype("float32")
+        if not np.isfinite(value).all():
+            raise ConfigError(f"weight {w!r} holds {int((~np.isfinite(value)).sum())} NaN or infinite value(s); "
+                              "nothing was written")
+        qp.weights[w] = weight_qparams(value, axis)
+    return with_rescaled(plan, qp)
 
 
 def fit_biases(model, plan: QdqPlan, qp: QuantParams) -> tuple[QuantParams, list[str]]:
