@@ -3,7 +3,9 @@
 Quantization-aware training trains *this* module: its float tensors carry the ONNX names,
 so the fake quantizers sit exactly where the QDQ plan puts QuantizeLinear/DequantizeLinear,
 and the trained weights and ranges go back through the one QDQ writer unchanged.
-Covers the operators our exported vision models use.
+Covers the operators exported vision networks use: convs and pooling, elementwise and activation ops, LayerNorm,
+attention (MatMul, Softmax), and the shape arithmetic the exporter writes (Shape, Gather, Slice, Concat, ...);
+tests/test_qat_any.py checks it against ONNX Runtime on ShuffleNetV2, ConvNeXt and a ViT.
 """
 from __future__ import annotations
 
@@ -74,6 +76,128 @@ def _resize(node, x, roi=None, scales=None, sizes=None):
     return F.interpolate(x, mode="bilinear", align_corners=ctm == "align_corners", **kw)
 
 
+def _ints(t) -> list[int]:
+    return [int(v) for v in (t.reshape(-1).tolist() if torch.is_tensor(t) else t)]
+
+
+def _axes(node, given) -> list[int] | None:
+    """Axes from the input (opset >= 13 for Squeeze/Unsqueeze, 18 for reductions) or the attribute."""
+    if given is not None:
+        return _ints(given)
+    a = _attr(node, "axes")
+    return None if a is None else [int(v) for v in a]
+
+
+def _gather(node, x, idx):
+    axis = _attr(node, "axis", 0) % x.ndim
+    idx = idx.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = x.index_select(axis, idx.reshape(-1))
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
+
+
+def _unsqueeze(node, x, axes=None):
+    axes = _axes(node, axes)
+    rank = x.ndim + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+def _squeeze(node, x, axes=None):
+    axes = _axes(node, axes)
+    if axes is None:
+        return x.squeeze()
+    for a in sorted((a % x.ndim for a in axes), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+def _slice(node, x, starts, ends, axes=None, steps=None):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) if axes is not None else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    for s, e, a, st in zip(starts, ends, axes, steps):  # ONNX's clamping rules, negative steps included
+        a %= x.ndim
+        n = x.shape[a]
+        s, e = s + n if s < 0 else s, e + n if e < 0 else e
+        lo, hi = (0, n) if st > 0 else (-1, n - 1)
+        s, e = max(lo, min(hi, s)), max(lo, min(hi, e))
+        x = x.index_select(a, torch.arange(s, e, st, device=x.device))
+    return x
+
+
+def _split(node, x, split=None):
+    axis = _attr(node, "axis", 0)
+    sizes = _ints(split) if split is not None else _attr(node, "split")
+    if sizes is None:
+        k = len(node.output)
+        sizes = [-(-x.shape[axis] // k)] * k
+    return tuple(torch.split(x, [int(v) for v in sizes], dim=axis))
+
+
+def _reduce_mean(node, x, axes=None):
+    axes = _axes(node, axes)
+    return x.mean(dim=tuple(axes) if axes else None, keepdim=bool(_attr(node, "keepdims", 1))) if axes or \
+        not _attr(node, "noop_with_empty_axes", 0) else x
+
+
+def _layer_norm(node, x, scale, bias=None):
+    axis = _attr(node, "axis", -1) % x.ndim
+    return F.layer_norm(x, x.shape[axis:], scale, bias, eps=_attr(node, "epsilon", 1e-5))
+
+
+def _div(node, a, b):
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")  # ONNX integer division truncates
+    return a / b
+
+
+_DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
+
+
+def _cast(node, x):
+    to = _attr(node, "to")
+    if to not in _DTYPES:
+        raise ConfigError(f"Cast {node.name}: to ONNX type {to} is not supported for QAT")
+    return x.to(_DTYPES[to])
+
+
+def _shape(node, x):
+    dims = list(x.shape)[_attr(node, "start", 0):_attr(node, "end", None)]
+    return torch.tensor(dims, dtype=torch.int64)
+
+
+def _expand(node, x, shape):
+    return x * torch.ones(_ints(shape), dtype=x.dtype)  # ONNX Expand broadcasts both ways, as multiplication does
+
+
+def _pad(node, x, pads=None, value=None, axes=None):
+    pads = _ints(pads) if pads is not None else [int(v) for v in _attr(node, "pads")]
+    mode = _attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    axes = [a % x.ndim for a in _ints(axes)] if axes is not None else list(range(x.ndim))
+    begin, end = [0] * x.ndim, [0] * x.ndim
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[len(axes) + i]
+    torch_pads = [p for a in reversed(range(x.ndim)) for p in (begin[a], end[a])]  # last axis first
+    if mode == "constant":
+        v = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
+        return F.pad(x, torch_pads, mode="constant", value=v)
+    if mode not in ("reflect", "edge"):
+        raise ConfigError(f"Pad {node.name}: mode {mode!r} is not supported for QAT")
+    return F.pad(x, torch_pads, mode="reflect" if mode == "reflect" else "replicate")
+
+
+def _constant_of_shape(node, shape):
+    from onnx import numpy_helper
+
+    value = _attr(node, "value")
+    v = torch.from_numpy(np.array(numpy_helper.to_array(value))).reshape(-1) if value is not None else \
+        torch.zeros(1)
+    return torch.full(_ints(shape), v[0].item(), dtype=v.dtype)
+
+
 OPS = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -85,7 +209,6 @@ OPS = {
     "Sigmoid": lambda n, x: torch.sigmoid(x),
     "HardSwish": lambda n, x: F.hardswish(x),
     "HardSigmoid": lambda n, x: torch.clamp(_attr(n, "alpha", 0.2) * x + _attr(n, "beta", 0.5), 0, 1),
-    "Div": lambda n, a, b: a / b,
     "GlobalAveragePool": lambda n, x: x.mean(dim=(2, 3), keepdim=True),
     "AveragePool": _avgpool,
     "MaxPool": _maxpool,
@@ -95,6 +218,36 @@ OPS = {
     "Identity": lambda n, x: x,
     "Concat": lambda n, *xs: torch.cat(xs, dim=_attr(n, "axis")),
     "Resize": _resize,
+    "Sub": lambda n, a, b: a - b,
+    "Div": _div,
+    "Pow": lambda n, a, b: torch.pow(a, b),
+    "Sqrt": lambda n, x: torch.sqrt(x),
+    "Erf": lambda n, x: torch.erf(x),
+    "Tanh": lambda n, x: torch.tanh(x),
+    "Exp": lambda n, x: torch.exp(x),
+    "Neg": lambda n, x: -x,
+    "Gelu": lambda n, x: F.gelu(x, approximate="tanh" if _attr(n, "approximate", b"none") in (b"tanh", "tanh")
+                                else "none"),
+    "LeakyRelu": lambda n, x: F.leaky_relu(x, _attr(n, "alpha", 0.01)),
+    "Softmax": lambda n, x: torch.softmax(x, dim=_attr(n, "axis", -1)),
+    "LayerNormalization": _layer_norm,
+    "ReduceMean": _reduce_mean,
+    "Shape": _shape,
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Slice": _slice,
+    "Split": _split,
+    "Cast": _cast,
+    "Expand": _expand,
+    "ConstantOfShape": _constant_of_shape,
+    "Pad": _pad,
+    "InstanceNormalization": lambda n, x, sc, b: F.instance_norm(x, weight=sc, bias=b, eps=_attr(n, "epsilon", 1e-5)),
+    "BatchNormalization": lambda n, x, sc, b, mean, var: F.batch_norm(x, mean.detach(), var.detach(), sc, b,
+                                                                      training=False, eps=_attr(n, "epsilon", 1e-5)),
+    "Equal": lambda n, a, b: a == b,
+    "Where": lambda n, c, a, b: torch.where(c, a, b),
+    "Mod": lambda n, a, b: torch.fmod(a, b) if _attr(n, "fmod", 0) else torch.remainder(a, b),
 }
 
 
@@ -210,10 +363,10 @@ class OnnxModule(nn.Module):
             if n.op_type == "Constant":
                 continue
             y = OPS[n.op_type](n, *[self.tensor(i, env) for i in n.input])
-            out = n.output[0]
-            if out in self.act_keys:
-                y = self.act_fq[self.act_keys[out]](y)
-            env[out] = y
+            for out, v in zip(n.output, y if isinstance(y, tuple) else (y,)):
+                if out in self.act_keys:
+                    v = self.act_fq[self.act_keys[out]](v)
+                env[out] = v
         outs = [env[o] for o in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
