@@ -250,12 +250,32 @@ def fold_computed_weights(model) -> int:
     return folded
 
 
+def unique_node_names(model) -> int:
+    """Give every node a name of its own (the plan and ``keep_fp32`` refer to layers by node name): the default
+    ``torch.onnx.export`` exporter leaves the nodes of inlined functions with repeated names (timm's HardSwish in
+    EfficientViT). Renamed nodes get ``<name or op type>_<k>``; returns how many."""
+    seen, renamed = set(), 0
+    taken = {n.name for n in model.graph.node}
+    for n in model.graph.node:
+        if n.name and n.name not in seen:
+            seen.add(n.name)
+            continue
+        base, k = n.name or n.op_type, 1
+        while f"{base}_{k}" in taken or f"{base}_{k}" in seen:
+            k += 1
+        n.name = f"{base}_{k}"
+        seen.add(n.name)
+        taken.add(n.name)
+        renamed += 1
+    return renamed
+
+
 def preprocess(model, target: str = "onnxruntime"):
     """Apply every clean-up to ``model`` in place; returns a dict of what was done (for reports).
 
     The hard activations are decomposed for ONNX Runtime only: OpenVINO runs them whole, fused into its convs.
     """
-    done = {"identity_weights": materialize_identity_initializers(model),
+    done = {"renamed_nodes": unique_node_names(model), "identity_weights": materialize_identity_initializers(model),
             "computed_weights": fold_computed_weights(model), "pads_fused": fuse_pad_into_conv(model),
             "reduce_means_pooled": reduce_means_to_global_pools(model)}
     if target == "onnxruntime":

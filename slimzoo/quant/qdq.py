@@ -133,6 +133,7 @@ class _Graph:
         self.graph_outputs = {o.name for o in g.output}
         self.nonfloat = _non_float_tensors(model)  # shape arithmetic (e.g. a detector's decoding) stays as it is
         self.rescale: dict[str, tuple[str, float]] = {}  # Mul/Div node name -> (input tensor, factor)
+        self.rescaled_acts: set[str] = set()  # rescale outputs that were activations to quantize before
         self.region: set[str] = set()  # names of the nodes that run in INT8
 
     def scalar(self, t: str) -> float | None:
@@ -283,6 +284,7 @@ def _share_passthrough(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
                     o = n.output[0]
                     if o in acts:
                         acts.remove(o)
+                        gr.rescaled_acts.add(o)
                     plan.rescaled[o] = (x, factor)
                     plan.rescale_nodes.add(n.name)
                     changed = True
@@ -354,6 +356,15 @@ def _openvino_data_movement(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
     plan.shared = {}
     quantized = set(acts)
     groups: list[set[str]] = []
+    # a rescale reads its source's uint8 tensor; one whose source was a passthrough's output (no quantizer now)
+    # stays a float Mul/Div, its output quantized again where it was before (DeiT's attention scale after a Reshape)
+    for o, (src, _) in list(plan.rescaled.items()):
+        if src not in quantized:
+            del plan.rescaled[o]
+            plan.rescale_nodes.discard(next(n.name for n in gr.g.node if o in n.output))
+            if o in gr.rescaled_acts:
+                acts.append(o)
+                quantized.add(o)
 
     def resolve(t: str | None) -> str | None:  # the quantized tensor whose range ``t`` carries
         while t is not None and t not in quantized:
