@@ -205,7 +205,7 @@ def cmd_quant(args) -> None:
     from .export import export_onnx, fold_batchnorm
     from .quant import PTQConfig
     from .quant.check import check_int8
-    from .quant.ptq import Int8Warning, quantize_checked, report_check
+    from .quant.ptq import Int8Warning, _check_runtime, quantize_checked, report_check
     from .runtime import OnnxPredictor
     from .storage import write_json
 
@@ -250,7 +250,7 @@ def cmd_quant(args) -> None:
             if args.max_drop is None:
                 _, checked = quantize_checked(fp32, out, calib, cfg, shape, check=not args.no_check)
             elif not args.no_check:
-                checked = report_check(check_int8(fp32, out, shape), out)
+                checked = report_check(check_int8(fp32, out, shape, runtime=_check_runtime(cfg.target)), out)
         print(f"wrote {out}")
         if checked is not None:
             print(checked.summary() + f" (written to {out}.check.json)")

@@ -672,3 +672,23 @@ def test_a_file_with_a_fixed_batch_is_calibrated_and_checked_at_that_batch(tmp_p
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
     if batch > 1:  # fewer calibration images than the file's batch
         quantize_onnx(fp32, tmp_path / "r.onnx", [torch.randn(1, 3, 32, 32)], PTQConfig(stem="int8"))
+
+
+def test_a_file_placed_for_openvino_is_checked_in_openvino(tmp_path):
+    """Counting and timing an OpenVINO-placed file in ONNX Runtime said 9 of 41 layers integer and 0.42x on
+    ConvNeXt-Atto, where OpenVINO runs all 41 in int8."""
+    pytest.importorskip("openvino")
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.quant.ptq import quantize_checked
+
+    m = _warm(TwoOutputs())
+    fp32 = export_onnx(fold_batchnorm(m), tmp_path / "fp32.onnx", torch.randn(1, 3, 64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, check = quantize_checked(fp32, tmp_path / "q.onnx", _batches(), PTQConfig(target="openvino"),
+                                    (1, 3, 64, 64))
+    assert check.runtime == "openvino" and "in OpenVINO" in check.summary()
+    assert check.total == 8 and check.integer == 8, check  # every conv and the Linear, as OpenVINO runs them
+    assert check.int8_ms > 0 and check.fp32_ms > 0
+    slow = Int8Check(integer=1, total=1, fp32_ms=1.0, int8_ms=2.0, runtime="openvino")
+    assert any("in OpenVINO" in p and "--target onnxruntime" in p for p in slow.problems())

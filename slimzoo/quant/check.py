@@ -39,6 +39,7 @@ class Int8Check:
     grouped: dict | None = None
     kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
     calibration: dict | None = None  # calibration="auto": {chosen, agreement_pct, output_sqnr_db per method, images}
+    runtime: str = "onnxruntime"  # where the layers were counted and the files timed: the file's target runtime
 
     @property
     def speedup(self) -> float | None:
@@ -54,7 +55,7 @@ class Int8Check:
         return d
 
     def summary(self) -> str:
-        s = f"{self.integer}/{self.total} weighted layers run as integer ops in ONNX Runtime"
+        s = f"{self.integer}/{self.total} weighted layers run as integer ops in {RUNTIME_NAMES[self.runtime]}"
         if self.activation_matmuls:
             s += f" ({self.activation_matmuls} activation x activation MatMul left in float)"
         if self.speedup is not None:
@@ -85,10 +86,11 @@ class Int8Check:
                        "weights through DequantizeLinear, slower than in the FP32 file; leave them in FP32 "
                        "explicitly (keep_fp32 / --keep-fp32) or report the pattern that blocks them")
         if self.faster is False:
-            out.append(f"the INT8 file is not faster than FP32 at 1 thread ({self.int8_ms:.2f} vs "
-                       f"{self.fp32_ms:.2f} ms): the model is too small for int8 to pay for its conversions, or "
-                       "float ops between quantized layers dominate; deploy the FP32 file, or try "
-                       "--target openvino")
+            other = "onnxruntime" if self.runtime == "openvino" else "openvino"
+            out.append(f"the INT8 file is not faster than FP32 at 1 thread in {RUNTIME_NAMES[self.runtime]} "
+                       f"({self.int8_ms:.2f} vs {self.fp32_ms:.2f} ms): the model is too small for int8 to pay for "
+                       "its conversions, or float ops between quantized layers dominate; deploy the FP32 file, or "
+                       f"try --target {other}")
         return out
 
 
@@ -125,13 +127,39 @@ def integer_layers(int8_path: str | Path) -> Int8Check:
     return Int8Check(integer=integer, total=integer + len(floats), float_layers=floats, activation_matmuls=act_mm)
 
 
-def _median_ms(sess, feed, runs: int, budget_s: float) -> float:
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+# OpenVINO's names for weighted layers in its runtime model; MatMul there is activation x activation (attention)
+OPENVINO_WEIGHTED = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected"}
+
+
+def integer_layers_openvino(int8_path: str | Path) -> Int8Check:
+    """Count the weighted layers of an INT8 file that OpenVINO's CPU plugin runs in int8 (its runtime model's
+    precision per layer)."""
+    from ..runtime import openvino_compiled
+
+    integer, floats, act_mm = 0, [], 0
+    for op in openvino_compiled(int8_path, 1, precision="f32").get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else ""
+        precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+        if kind in OPENVINO_WEIGHTED:
+            if precision in ("i8", "u8"):
+                integer += 1
+            else:
+                floats.append(op.get_friendly_name())
+        elif kind == "MatMul" and precision not in ("i8", "u8"):
+            act_mm += 1
+    return Int8Check(integer=integer, total=integer + len(floats), float_layers=floats, activation_matmuls=act_mm,
+                     runtime="openvino")
+
+
+def _median_ms(run, runs: int, budget_s: float) -> float:
     for _ in range(3):
-        sess.run(None, feed)
+        run()
     times, start = [], time.perf_counter()
     while len(times) < runs and (len(times) < 5 or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -151,26 +179,36 @@ def input_shape(path: str | Path, default_hw: tuple[int, int] = (224, 224)) -> t
     return tuple(s or 1 for s in shape)
 
 
-def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, ...] | None = None, *,
-               runs: int = 20, budget_s: float = 2.0) -> Int8Check:
-    """Integer-op count of ``int8_path`` and its T1 latency against ``fp32_path``, measured interleaved
-    (FP32, INT8, FP32, INT8) so that load on the machine falls on both alike."""
+def _runner(path: str | Path, runtime: str, x: np.ndarray):
+    """A no-argument callable running ``path`` on ``x`` at one thread in ``runtime``."""
+    if runtime == "openvino":
+        from ..runtime import openvino_compiled
+
+        request = openvino_compiled(path, 1, precision="f32").create_infer_request()
+        return lambda: request.infer({0: x})
     import onnxruntime as ort
 
-    check = integer_layers(int8_path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {s.get_inputs()[0].name: x}
+    return lambda: s.run(None, feed)
+
+
+def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, ...] | None = None, *,
+               runs: int = 20, budget_s: float = 2.0, runtime: str = "onnxruntime") -> Int8Check:
+    """Integer-op count of ``int8_path`` in ``runtime`` (onnxruntime or openvino: the runtime the file was placed
+    for) and its T1 latency against ``fp32_path`` there, measured interleaved (FP32, INT8, FP32, INT8) so that load
+    on the machine falls on both alike."""
+    check = integer_layers_openvino(int8_path) if runtime == "openvino" else integer_layers(int8_path)
     shape = shape or input_shape(fp32_path)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    sessions = []
-    for p in (fp32_path, int8_path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        sessions.append((s, {s.get_inputs()[0].name: x}))
+    runners = [_runner(p, runtime, x) for p in (fp32_path, int8_path)]
     fp, q = [], []
     for _ in range(2):
-        fp.append(_median_ms(*sessions[0], runs // 2, budget_s / 4))
-        q.append(_median_ms(*sessions[1], runs // 2, budget_s / 4))
+        fp.append(_median_ms(runners[0], runs // 2, budget_s / 4))
+        q.append(_median_ms(runners[1], runs // 2, budget_s / 4))
     check.fp32_ms, check.int8_ms = round(min(fp), 3), round(min(q), 3)
     return check

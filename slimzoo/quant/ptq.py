@@ -239,12 +239,27 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
         _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, alt_cfg, rounded=prep.qparams)  # roundings reused
         decision = choose_stem(Path(path), alt, stems, shape)
         plan = alt_plan if decision["chosen"] == "float" else plan
-    result = check_int8(fp32_path, path, shape)
+    result = check_int8(fp32_path, path, shape, runtime=_check_runtime(cfg.target))
     result.stem = decision
     result.grouped = grouped
     result.kept_float = len(plan.kept_fp32)
     result.calibration = prep.range_choice
     return Path(path), report_check(result, path)
+
+
+def _check_runtime(target: str) -> str:
+    """The runtime a file placed for ``target`` is checked in: its own where it is installed (OpenVINO is an extra;
+    without it an OpenVINO file is checked in ONNX Runtime, and the check says so)."""
+    if target == "openvino":
+        import importlib.util
+        import warnings
+
+        if importlib.util.find_spec("openvino") is not None:
+            return "openvino"
+        warnings.warn("OpenVINO is not installed (pip install 'slimzoo[openvino]'): the file placed for OpenVINO is "
+                      "checked in ONNX Runtime, whose figures do not say how it runs in OpenVINO", Int8Warning,
+                      stacklevel=3)
+    return "onnxruntime"
 
 
 def report_check(result: Int8Check, path: str | Path) -> Int8Check:
