@@ -37,7 +37,8 @@ OPENVINO_AFFINE = frozenset({"BatchNormalization"})
 BINARY = {"Add", "Mul"}  # their integer kernels need both inputs quantized: no float constant operand
 # MatMul between two activations (attention's Q.K^T and A.V), per target runtime: float in ONNX Runtime, as measured
 # faster on torchvision's ViT (benchmarks/qdq_placement.py toggles it); int8 in OpenVINO (ViT-B/16 144 -> 116 ms at
-# one thread, docs/quantization.md)
+# one thread, docs/quantization.md), except where the product is divided by part of itself (linear attention,
+# timm's EfficientViT: q @ (k^T v) over its last column; int8 there cost 14 dB of output SQNR)
 ACTIVATION_MATMUL = {"onnxruntime": False, "openvino": True}
 PASSTHROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
                "Gather"}
@@ -186,7 +187,9 @@ def _find_region(gr: _Graph) -> None:
             continue
         if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits:
             gr.region.add(n.name)
-        elif ACTIVATION_MATMUL[gr.target] and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input):
+        elif ACTIVATION_MATMUL[gr.target] and n.op_type == "MatMul" and not any(i in gr.consts for i in n.input) \
+                and not gr.feeds(n.output[0], lambda c: c.op_type == "Div" and c.input[1] not in gr.consts, set(),
+                                 frozenset({"MatMul", "Add"})):
             gr.region.add(n.name)
     io = QUANT_IO if gr.target == "onnxruntime" else OPENVINO_IO
     for n in reversed(gr.g.node):
