@@ -730,3 +730,24 @@ def test_openvino_leaves_attention_divided_by_itself_in_float(tmp_path, linear):
     quantized_inputs = sum(n.input[0] in plan.activations or n.input[0] in plan.shared
                            for n in model.graph.node if n.name in mms)
     assert quantized_inputs == (0 if linear else 2)
+
+
+def test_channel_shuffles_export_as_one_gather_for_any_batch_and_size(tmp_path):
+    """ShuffleNet's x.size() -> view -> transpose -> view: a dozen shape ops per shuffle in the exported graph."""
+    import onnx
+    import torchvision
+
+    from slimzoo.export import export_onnx, fold_batchnorm
+    from slimzoo.runtime import ort_session
+
+    m = _warm(torchvision.models.shufflenet_v2_x0_5(num_classes=4), 32)
+    path = export_onnx(fold_batchnorm(m), tmp_path / "s.onnx", torch.randn(1, 3, 32, 32))
+    g = onnx.load(str(path)).graph
+    assert sum(n.name.endswith("_shuffle") and n.op_type == "Gather" for n in g.node) == 16
+    assert not [n for n in g.node if n.op_type == "Transpose"]
+    s = ort_session(path, 1)
+    for shape in [(1, 3, 32, 32), (3, 3, 48, 40)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = m(x).numpy()
+        np.testing.assert_allclose(s.run(None, {"input": x.numpy()})[0], ref, rtol=1e-4, atol=1e-5)
