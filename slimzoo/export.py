@@ -65,8 +65,8 @@ def channel_shuffles_to_gather(model, example: np.ndarray) -> int:
     back to (N, C, H, W), with the shapes computed at run time from the tensor (ShuffleNet's ``x.size()``) -- into
     one ``Gather`` of the channels in the shuffled order, in place; returns how many. The same function for any
     batch and size, without the dozen shape ops per shuffle (ShuffleNetV2 x1.0 at 224x224, one thread: FP32 5.35 ->
-    5.05 ms, INT8 3.11 -> 2.85 ms). ``g`` and ``C/g`` are read from one run of the graph on ``example``; a pattern whose shapes are not
-    exactly that is left alone."""
+    5.05 ms, INT8 3.11 -> 2.85 ms). ``g`` and ``C/g`` are read from one run of the graph on ``example``; a pattern
+    whose shapes are not exactly that is left alone."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
