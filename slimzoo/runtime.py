@@ -97,6 +97,23 @@ def ort_session(path: str | Path, threads: int = 2, optimized_model_path: str | 
         raise CheckpointError(f"{path}: ONNX Runtime cannot load this file: {one_line(e)}") from None
 
 
+def timing_runner(path: str | Path, x: np.ndarray, runtime: str = "onnxruntime"):
+    """A no-argument callable that runs ``path`` on ``x`` at one thread in ``runtime`` (onnxruntime: no spinning
+    threads, so files timed in turns do not disturb each other; openvino: float layers in float32), for timing."""
+    if runtime == "openvino":
+        request = openvino_compiled(path, 1, precision="f32").create_infer_request()
+        return lambda: request.infer({0: x})
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {s.get_inputs()[0].name: x}
+    return lambda: s.run(None, feed)
+
+
 def run_batch(sess, outputs: list[str] | None, x: np.ndarray) -> list[np.ndarray]:
     """``sess.run`` on the batch ``x``, in chunks of the model's batch size where its input fixes one (the
     default ``torch.onnx.export`` writes batch 1), the chunks' outputs concatenated along axis 0 as one run on ``x``

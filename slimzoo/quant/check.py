@@ -179,24 +179,6 @@ def input_shape(path: str | Path, default_hw: tuple[int, int] = (224, 224)) -> t
     return tuple(s or 1 for s in shape)
 
 
-def _runner(path: str | Path, runtime: str, x: np.ndarray):
-    """A no-argument callable running ``path`` on ``x`` at one thread in ``runtime``."""
-    if runtime == "openvino":
-        from ..runtime import openvino_compiled
-
-        request = openvino_compiled(path, 1, precision="f32").create_infer_request()
-        return lambda: request.infer({0: x})
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {s.get_inputs()[0].name: x}
-    return lambda: s.run(None, feed)
-
-
 def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, ...] | None = None, *,
                runs: int = 20, budget_s: float = 2.0, runtime: str = "onnxruntime") -> Int8Check:
     """Integer-op count of ``int8_path`` in ``runtime`` (onnxruntime or openvino: the runtime the file was placed
@@ -205,7 +187,9 @@ def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, .
     check = integer_layers_openvino(int8_path) if runtime == "openvino" else integer_layers(int8_path)
     shape = shape or input_shape(fp32_path)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    runners = [_runner(p, runtime, x) for p in (fp32_path, int8_path)]
+    from ..runtime import timing_runner
+
+    runners = [timing_runner(p, x, runtime) for p in (fp32_path, int8_path)]
     fp, q = [], []
     for _ in range(2):
         fp.append(_median_ms(runners[0], runs // 2, budget_s / 4))

@@ -46,28 +46,23 @@ def time_files(paths: list[Path], shape: tuple[int, ...], rounds: int = 6, calls
                budget_s: float = 6.0) -> list[float]:
     """Median latency (ms) of each file at one thread in ONNX Runtime, the files timed in turns (round after
     round) so that load on the machine falls on all alike; the least of the round medians is kept."""
-    import onnxruntime as ort
+    from ..runtime import timing_runner
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    sessions = []
+    runners = []
     for p in paths:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        feed = {s.get_inputs()[0].name: x}
+        run = timing_runner(p, x)
         for _ in range(3):
-            s.run(None, feed)
-        sessions.append((s, feed))
+            run()
+        runners.append(run)
     best = [float("inf")] * len(paths)
     start = time.perf_counter()
     for r in range(rounds):
-        for i, (s, feed) in enumerate(sessions):
+        for i, run in enumerate(runners):
             ts = []
             for _ in range(calls):
                 t0 = time.perf_counter()
-                s.run(None, feed)
+                run()
                 ts.append(time.perf_counter() - t0)
             best[i] = min(best[i], statistics.median(ts) * 1e3)
         if r >= 1 and time.perf_counter() - start > budget_s:
