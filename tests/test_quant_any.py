@@ -670,8 +670,11 @@ def test_a_file_with_a_fixed_batch_is_calibrated_and_checked_at_that_batch(tmp_p
     with torch.no_grad():
         ref = m(torch.from_numpy(x))[0].numpy()
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
-    if batch > 1:  # fewer calibration images than the file's batch
+    if batch > 1:  # fewer calibration images than the file's batch; a check asked at batch 1 (the CLI's --analyze)
         quantize_onnx(fp32, tmp_path / "r.onnx", [torch.randn(1, 3, 32, 32)], PTQConfig(stem="int8"))
+        from slimzoo.quant.check import check_int8
+
+        assert check_int8(fp32, tmp_path / "r.onnx", (1, 3, 32, 32)).int8_ms > 0
 
 
 def test_a_file_placed_for_openvino_is_checked_in_openvino(tmp_path):

@@ -185,7 +185,8 @@ def check_int8(fp32_path: str | Path, int8_path: str | Path, shape: tuple[int, .
     for) and its T1 latency against ``fp32_path`` there, measured interleaved (FP32, INT8, FP32, INT8) so that load
     on the machine falls on both alike."""
     check = integer_layers_openvino(int8_path) if runtime == "openvino" else integer_layers(int8_path)
-    shape = shape or input_shape(fp32_path)
+    fixed = input_shape(fp32_path)
+    shape = (fixed[0], *shape[1:]) if shape and fixed[0] != 1 else (shape or fixed)  # a file's fixed batch holds
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     from ..runtime import timing_runner
 
