@@ -20,17 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .qdq import _attr
 from .stem import time_files
 
 GROUPED = ("auto", "int8", "float")
 MIN_GAIN = 0.10  # float must be at least this much faster for the layer to leave int8
 BUDGET_S = 30.0  # timing stops after this long; the layers not yet timed stay int8 (and are reported)
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def grouped_convs(model) -> list[str]:
@@ -48,26 +43,14 @@ def grouped_convs(model) -> list[str]:
 
 
 def conv_input_shapes(model, names: list[str], image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """The input shape of each named conv for one image of ``image_shape``, from one run of the FP32 graph in ONNX
-    Runtime (shape inference loses sizes behind dynamic reshapes, e.g. ShuffleNet's channel shuffle)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    """The input shape of each named conv for one image of ``image_shape``, from one run of the FP32 graph
+    (shape inference loses sizes behind dynamic reshapes, e.g. ShuffleNet's channel shuffle)."""
+    from .calibrate import iterate_tensors
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    nodes = {n.name: n for n in m.graph.node}
-    wanted = {nodes[k].input[0] for k in names}
-    present = {o.name for o in m.graph.output}
-    for t in sorted(wanted - present):
-        m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.zeros(image_shape, np.float32)
-    outs = dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
-    return {k: tuple(outs[nodes[k].input[0]].shape) for k in names}
+    nodes = {n.name: n for n in model.graph.node}
+    wanted = sorted({nodes[k].input[0] for k in names})
+    shapes = {t: v.shape for t, v in iterate_tensors(model, wanted, [np.zeros(image_shape, np.float32)])}
+    return {k: tuple(shapes[nodes[k].input[0]]) for k in names}
 
 
 def _chain(node, weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, ...]):
