@@ -123,21 +123,27 @@ def channel_shuffles_to_gather(model, example: np.ndarray) -> int:
     if not replaced:
         return 0
     nodes = [replaced.get(id(n), n) for n in g.node]
-    nodes = [n for n in nodes if n is not None]
-    outputs = {o.name for o in g.output}
-    while True:  # the shape arithmetic that only fed the rewritten reshapes
-        read = {i for n in nodes for i in n.input} | outputs
-        dead = [n for n in nodes if not any(o in read for o in n.output)]
+    del g.node[:]
+    g.node.extend(n for n in nodes if n is not None)
+    drop_unread(g)  # the shape arithmetic that only fed the rewritten reshapes
+    return sum(1 for v in replaced.values() if v is not None)
+
+
+def drop_unread(graph) -> None:
+    """Remove, in place, the nodes whose outputs nothing reads (repeatedly: what fed only them goes too) and the
+    initializers no node reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
         if not dead:
             break
-        nodes = [n for n in nodes if all(n is not d for d in dead)]
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    return sum(1 for v in replaced.values() if v is not None)
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input} | outputs
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor, *,

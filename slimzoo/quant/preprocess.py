@@ -236,17 +236,9 @@ def fold_computed_weights(model) -> int:
         g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         folded += 1
     if folded:  # the nodes that computed the weights are read by nothing now
-        while True:
-            read = {i for n in g.node for i in n.input} | graph_outputs
-            dead = [n for n in g.node if not any(o in read for o in n.output)]
-            if not dead:
-                break
-            for n in dead:
-                g.node.remove(n)
-        used = {i for n in g.node for i in n.input}
-        keep = [i for i in g.initializer if i.name in used or i.name in graph_outputs]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        from ..export import drop_unread
+
+        drop_unread(g)
     return folded
 
 
