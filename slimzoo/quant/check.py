@@ -37,6 +37,8 @@ class Int8Check:
     stem: dict | None = None
     # PTQConfig.grouped_convs == "auto": per grouped conv {int8_ms, float_ms, chosen}, the ones kept float, untimed
     grouped: dict | None = None
+    # PTQConfig.pad_channels == "auto": the depthwise convs widened to the int8 kernel's block (quant.pad), timings
+    widened: dict | None = None
     kept_float: int = 0  # weighted layers left in float on purpose (keep_fp32, a float stem): not a problem
     calibration: dict | None = None  # calibration="auto": {chosen, agreement_pct, output_sqnr_db per method, images}
     runtime: str = "onnxruntime"  # where the layers were counted and the files timed: the file's target runtime
@@ -74,6 +76,11 @@ class Int8Check:
             s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped convs kept in float "
                   f"(each timed in int8 and in float, {g['seconds']:.1f} s; float where at least "
                   f"{g['min_gain']:.0%} faster)")
+        if self.widened and self.widened.get("chosen"):
+            w = self.widened
+            s += (f"; {len(w['widened'])} depthwise channel set(s) off the int8 kernel's block of {w['block']} "
+                  f"{'widened' if w['chosen'] == 'widened' else 'left narrow'} (measured {w['widened_ms']:.2f} ms "
+                  f"widened, {w['narrow_ms']:.2f} ms narrow)")
         return s
 
     def problems(self) -> list[str]:

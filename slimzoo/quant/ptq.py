@@ -53,10 +53,15 @@ class PTQConfig:
     # small chain when the file is checked and keeps float where that is clearly faster (quant.grouped); "int8" or
     # "float" decide without measuring (an unchecked "auto" stays int8)
     grouped_convs: str = "auto"
+    # depthwise convs whose channel count is not a multiple of ONNX Runtime's int8 kernel block (16) widened with zero
+    # channels, exactly (quant.pad): "auto" writes the file both ways when it is checked and keeps the widened one
+    # where it is faster at one thread; "on" widens without measuring, "off" never (an unchecked "auto" does not)
+    pad_channels: str = "auto"
 
     def __post_init__(self):  # checked however the config is built (API, CLI, recipe)
         from .calibrate import METHODS
         from .grouped import GROUPED
+        from .pad import PADS
         from .qdq import TARGETS
         from .stem import STEMS
 
@@ -66,6 +71,8 @@ class PTQConfig:
             raise ConfigError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         if self.grouped_convs not in GROUPED:
             raise ConfigError(f"grouped_convs must be one of {', '.join(GROUPED)}, got {self.grouped_convs!r}")
+        if self.pad_channels not in PADS:
+            raise ConfigError(f"pad_channels must be one of {', '.join(PADS)}, got {self.pad_channels!r}")
         if self.calibration not in (*METHODS, "auto"):
             raise ConfigError(f"calibration must be one of {', '.join(METHODS)}, auto; got {self.calibration!r}")
         if self.bias_correction not in (False, True, "depthwise"):
@@ -182,7 +189,19 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, batches: Iterable
     """Quantize an FP32 ONNX file (BN already folded) into a QDQ INT8 ONNX file (``rounded``: as in
     :func:`prepare_ptq`)."""
     prep = prepare_ptq(fp32_path, batches, cfg, rounded=rounded)
-    return write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.qparams, prep.plan
+    return _write(prep, cfg or PTQConfig(), out_path, cfg is not None and cfg.pad_channels == "on"), \
+        prep.qparams, prep.plan
+
+
+def _write(prep: PreparedPTQ, cfg: PTQConfig, out_path: str | Path, widen: bool) -> Path:
+    """Write the prepared file, with the depthwise convs widened to the int8 kernel's block (``quant.pad``) if
+    ``widen`` (for ONNX Runtime only: OpenVINO's kernels are its own)."""
+    model, qp = prep.model, prep.qparams
+    if widen and cfg.target == "onnxruntime":
+        from .pad import pad_channels
+
+        model, qp, _ = pad_channels(model, prep.plan, qp)
+    return write_qdq(model, prep.plan, qp, out_path)
 
 
 def quantize(model: nn.Module, example_inputs: torch.Tensor, batches: Iterable, out_path: str | Path,
@@ -207,8 +226,9 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
                      shape: tuple[int, ...], *, check: bool = True) -> tuple[Path, Int8Check | None]:
     """What ``quantize_onnx`` does, with (when ``check``) the measured choices: grouped convs in int8 or float
     (``cfg.grouped_convs == "auto"``, each timed in a small chain before the file is written), then the stem
-    (``cfg.stem == "auto"``: the file written with the first conv in int8 and in float, the faster kept), and the
-    check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and
+    (``cfg.stem == "auto"``: the file written with the first conv in int8 and in float, the faster kept), the
+    depthwise convs off the int8 kernel's channel block widened or not (``cfg.pad_channels == "auto"``: both files
+    timed, ``quant.pad``), and the check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and
     :func:`quantize`."""
     import onnx
 
@@ -226,24 +246,31 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
         if not grouped["layers"] and not grouped["untimed"]:
             grouped = None
     prep = prepare_ptq(fp32_path, batches, cfg)
-    path, plan = write_qdq(prep.model, prep.plan, prep.qparams, out_path), prep.plan
+    path = _write(prep, cfg, out_path, cfg.pad_channels == "on")
     if not check:
         return Path(path), None
-    decision = None
-    stems = [s for s in stem_layers(onnx.load(str(fp32_path))) if s not in plan.kept_fp32]
+    decision, range_choice = None, prep.range_choice
+    stems = [s for s in stem_layers(onnx.load(str(fp32_path))) if s not in prep.plan.kept_fp32]
     if cfg.stem == "auto" and stems and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
         alt = Path(path).with_name(Path(path).stem + ".float-stem.onnx")
         # the same settings with the stem in float; a range method chosen by calibration="auto" is not chosen again
         method = prep.range_choice["chosen"] if prep.range_choice else cfg.calibration
         alt_cfg = PTQConfig(**{**cfg.to_dict(), "stem": "float", "calibration": method})
-        _, _, alt_plan = quantize_onnx(fp32_path, alt, batches, alt_cfg, rounded=prep.qparams)  # roundings reused
+        alt_prep = prepare_ptq(fp32_path, batches, alt_cfg, rounded=prep.qparams)  # roundings reused
+        _write(alt_prep, cfg, alt, cfg.pad_channels == "on")
         decision = choose_stem(Path(path), alt, stems, shape)
-        plan = alt_plan if decision["chosen"] == "float" else plan
+        prep = alt_prep if decision["chosen"] == "float" else prep
+    widened = None
+    if cfg.pad_channels == "auto" and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
+        from .pad import choose_padding
+
+        widened = choose_padding(prep.model, prep.plan, prep.qparams, Path(path), shape)
     result = check_int8(fp32_path, path, shape, runtime=_check_runtime(cfg.target))
     result.stem = decision
     result.grouped = grouped
-    result.kept_float = len(plan.kept_fp32)
-    result.calibration = prep.range_choice
+    result.widened = widened
+    result.kept_float = len(prep.plan.kept_fp32)
+    result.calibration = range_choice
     return Path(path), report_check(result, path)
 
 
