@@ -169,7 +169,7 @@ def prepare_qat(model, data: Iterable, config=None, *, transform_fn: Callable | 
                               cfg.calibration.calibration_batch_size)
     x = example_inputs if example_inputs is not None else torch.from_numpy(batches[0][:1])
     qmod, onnx_model, plan = _prepare(model, x, batches, cfg)
-    qmod.slimzoo_qat = (onnx_model, plan)  # what convert() needs to write the file
+    qmod.slimzoo_qat = (onnx_model, plan, (1, *x.shape[1:]), cfg.calibration)  # what convert() needs
     return qmod
 
 
@@ -180,4 +180,5 @@ def convert(qat_model, out: str | Path) -> QuantResult:
     if not hasattr(qat_model, "slimzoo_qat"):
         raise ConfigError("convert() takes the model returned by slimzoo.prepare_qat (after your training)")
     qat_model.set_observing(False)
-    return QuantResult(path=Path(export_qat(qat_model.eval(), *qat_model.slimzoo_qat, out)))
+    onnx_model, plan, shape, cfg = qat_model.slimzoo_qat
+    return QuantResult(path=Path(export_qat(qat_model.eval(), onnx_model, plan, out, shape, cfg)))

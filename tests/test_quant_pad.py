@@ -140,3 +140,24 @@ def test_openvino_target_is_never_widened(fp32_file, tmp_path):
 def test_bad_setting_is_refused():
     with pytest.raises(ConfigError, match="pad_channels"):
         PTQConfig(pad_channels="yes")
+
+
+def test_qat_file_is_widened_the_same_way(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    import slimzoo
+    from slimzoo.quant.qat import QATConfig
+
+    torch.manual_seed(0)
+    m = _Net().eval()
+    paths = {}
+    for mode in ("off", "on"):
+        qat = slimzoo.prepare_qat(m, _batches(), QATConfig(calibration=PTQConfig(num_calibration=16, pad_channels=mode)))
+        paths[mode] = slimzoo.convert(qat, tmp_path / f"qat_{mode}.onnx").path
+    groups = {k: sorted(a.i for n in onnx.load(str(p)).graph.node if n.op_type == "Conv" for a in n.attribute
+                        if a.name == "group" and a.i > 1) for k, p in paths.items()}
+    assert groups == {"off": [24, 24, 40], "on": [24, 32, 48]}
+    x = np.random.default_rng(1).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    ya, yb = (ort.InferenceSession(str(paths[k])).run(None, {"input": x})[0] for k in ("off", "on"))
+    np.testing.assert_array_equal(ya, yb)

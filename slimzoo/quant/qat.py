@@ -102,8 +102,11 @@ def qat_lr_multipliers(cfg: QATConfig) -> dict[str, float]:
     return {"act_fq.": cfg.range_lr / cfg.lr} if cfg.learn_ranges else {}
 
 
-def export_qat(qmod, onnx_model, plan, out_path: str | Path) -> Path:
-    """Write the INT8 QDQ file from a trained fake-quant module (same writer as PTQ)."""
+def export_qat(qmod, onnx_model, plan, out_path: str | Path, shape: tuple[int, ...] | None = None,
+               cfg: PTQConfig | None = None) -> Path:
+    """Write the INT8 QDQ file from a trained fake-quant module (same writer as PTQ). Depthwise convs off the
+    int8 kernel's channel block are widened as in PTQ (``cfg.pad_channels``; "auto" times both files at ``shape``,
+    one image; the outputs are the same either way)."""
     import onnx
     from onnx import numpy_helper
 
@@ -116,7 +119,19 @@ def export_qat(qmod, onnx_model, plan, out_path: str | Path) -> Path:
     ranges = qmod.act_ranges()
     qp = QuantParams(activations={t: activation_qparams(*ranges[t]) for t in plan.activations},
                      weights={w: weight_qparams(trained[w], axis) for w, (axis, _) in plan.weights.items()})
-    return write_qdq(m, plan, unify_ranges(plan, qp), out_path)
+    qp = unify_ranges(plan, qp)
+    pad = cfg.pad_channels if cfg is not None and cfg.target == "onnxruntime" else "off"
+    if pad == "on":
+        from .pad import pad_channels
+
+        wide, wide_qp, _ = pad_channels(m, plan, qp)
+        return write_qdq(wide, plan, wide_qp, out_path)
+    path = write_qdq(m, plan, qp, out_path)
+    if pad == "auto" and shape is not None:
+        from .pad import choose_padding
+
+        choose_padding(m, plan, qp, Path(path), shape)
+    return path
 
 
 def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_loader: Iterable, loss_fn: Callable,
@@ -143,6 +158,7 @@ def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_l
 
     # under torchrun every rank holds the same module (same calibration images, averaged gradients, rank 0's
     # range buffers broadcast by DDP); rank 0 writes the file, the others wait for it
-    path = export_qat(qmod, onnx_model, plan, out_path) if distributed.is_main() else Path(out_path)
+    path = export_qat(qmod, onnx_model, plan, out_path, (1, *example_inputs.shape[1:]), cfg.calibration) \
+        if distributed.is_main() else Path(out_path)
     distributed.barrier()
     return path, qmod.eval()
