@@ -754,3 +754,37 @@ def test_channel_shuffles_export_as_one_gather_for_any_batch_and_size(tmp_path):
         with torch.no_grad():
             ref = m(x).numpy()
         np.testing.assert_allclose(s.run(None, {"input": x.numpy()})[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorms_no_conv_absorbed_become_integer_depthwise_convs(tmp_path):
+    """DenseNet's pre-activation BatchNorms (after a Concat) are the per-channel affine map of a 1x1 depthwise conv:
+    rewritten so, exactly, they run as integer convs in ONNX Runtime instead of in float between Q/DQ (DenseNet-121:
+    32.3 -> 24.0 ms at one thread, docs/quantization.md); OpenVINO's placement keeps them (it folds them itself)."""
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.check import _optimized_graph, integer_layers
+    from slimzoo.quant.preprocess import batchnorms_to_depthwise
+    from slimzoo.runtime import ort_session
+
+    m = _warm(DenseLike())
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
+    model = onnx.load(str(fp32))
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3  # as exported: nothing to fold into
+    assert batchnorms_to_depthwise(model) == 3
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    onnx.save(model, str(tmp_path / "dw.onnx"))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(ort_session(tmp_path / "dw.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
+                               rtol=1e-4, atol=1e-5)
+    path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(stem="int8"))
+    ops = [n.op_type for n in _optimized_graph(path).node]
+    assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 1 + 3 + 3
+    c = integer_layers(path)
+    assert c.integer == c.total == 1 + 3 + 3 + 1  # stem, 3 depthwise BatchNorms, 3 convs, head
+    out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.95
+    ov, _, _ = quantize_onnx(fp32, tmp_path / "ov.onnx", _batches(32), PTQConfig(target="openvino", stem="int8"))
+    assert sum(n.op_type == "BatchNormalization" for n in onnx.load(str(ov)).graph.node) == 3

@@ -161,3 +161,28 @@ def test_qat_file_is_widened_the_same_way(tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 3, 48, 48)).astype(np.float32)
     ya, yb = (ort.InferenceSession(str(paths[k])).run(None, {"input": x})[0] for k in ("off", "on"))
     np.testing.assert_array_equal(ya, yb)
+
+
+def test_a_widened_file_that_computes_otherwise_is_not_kept(fp32_file, tmp_path, monkeypatch):
+    import warnings
+
+    import slimzoo.quant.pad as pad
+    from slimzoo.quant.qdq import write_qdq
+
+    prep = _prepared(fp32_file)
+    narrow = write_qdq(prep.model, prep.plan, prep.qparams, tmp_path / "narrow.onnx")
+    before = narrow.read_bytes()
+    real = pad.pad_channels
+
+    def broken(model, plan, qp, block=pad.BLOCK):  # a widening that gets a set wrong: a filter moved
+        m, q, report = real(model, plan, qp, block)
+        w = next(w for w in q.weights.values() if w.qweight.shape[:2] == (32, 1))
+        w.qweight[[0, -1]] = w.qweight[[-1, 0]]
+        return m, q, report
+    monkeypatch.setattr(pad, "pad_channels", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = pad.choose_padding(prep.model, prep.plan, prep.qparams, narrow, (1, 3, 48, 48))
+    assert rec["chosen"] == "narrow" and rec["mismatch"] > 0
+    assert any("computed other outputs" in str(w.message) for w in caught)
+    assert narrow.read_bytes() == before and not (tmp_path / "narrow.widened.onnx").exists()

@@ -76,7 +76,7 @@ class Int8Check:
             s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped convs kept in float "
                   f"(each timed in int8 and in float, {g['seconds']:.1f} s; float where at least "
                   f"{g['min_gain']:.0%} faster)")
-        if self.widened and self.widened.get("chosen"):
+        if self.widened and self.widened.get("narrow_ms"):
             w = self.widened
             s += (f"; {len(w['widened'])} depthwise channel set(s) off the int8 kernel's block of {w['block']} "
                   f"{'widened' if w['chosen'] == 'widened' else 'left narrow'} (measured {w['widened_ms']:.2f} ms "

@@ -297,6 +297,15 @@ def choose_padding(model, plan, qp, path: Path, shape: tuple[int, ...], block: i
     with warnings.catch_warnings():  # the narrow file's writing has said it all
         warnings.simplefilter("ignore")
         write_qdq(wide_model, plan, wide_qp, alt)
+    diff = _max_difference(path, alt, shape)
+    if diff is not None:  # a pattern the walk took for channel-wise and is not: never keep a file that computes otherwise
+        alt.unlink(missing_ok=True)
+        warnings.warn(f"{path}: the file with its depthwise convs widened computed other outputs (largest difference "
+                      f"{diff:.3g}); kept the narrow one. Please report the network (pad_channels='off' silences "
+                      "this)", stacklevel=3)
+        report.update({"chosen": "narrow", "narrow_ms": None, "widened_ms": None, "min_gain": MIN_GAIN,
+                       "mismatch": diff})
+        return report
     narrow_ms, wide_ms = time_files([path, alt], shape)
     chosen = "widened" if wide_ms < narrow_ms * (1 - MIN_GAIN) else "narrow"
     if chosen == "widened":
@@ -305,3 +314,19 @@ def choose_padding(model, plan, qp, path: Path, shape: tuple[int, ...], block: i
         alt.unlink(missing_ok=True)
     report.update({"chosen": chosen, "narrow_ms": narrow_ms, "widened_ms": wide_ms, "min_gain": MIN_GAIN})
     return report
+
+
+def _max_difference(a: Path, b: Path, shape: tuple[int, ...]) -> float | None:
+    """None if the two files give the same outputs on one random input (within 1e-4 of each output's largest value:
+    identical on every network tried; a filter moved to the wrong channel of a test network changed it by 0.75%),
+    else the largest difference."""
+    from ..runtime import timing_runner
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    worst = None
+    for ya, yb in zip(timing_runner(a, x)(), timing_runner(b, x)()):
+        ya, yb = np.asarray(ya, np.float64), np.asarray(yb, np.float64)
+        d = float(np.abs(ya - yb).max()) if ya.size else 0.0
+        if ya.shape != yb.shape or d > 1e-4 * float(np.abs(ya).max(initial=0.0)) + 1e-7:
+            worst = max(worst or 0.0, d if ya.shape == yb.shape else float("inf"))
+    return worst

@@ -8,7 +8,8 @@
 - a weight computed in the graph from constants only (weight standardization: timm's BiT ResNetV2 and NF-Nets
   standardize every conv's weight with a BatchNormalization at run time) becomes an initializer holding its value,
   so the layer can be quantized at all (53 of BiT-ResNetV2-50's 54 convs stayed in float before);
-- a ``ReduceMean`` over the spatial axes becomes the ``GlobalAveragePool`` it is, which has an integer kernel.
+- a ``ReduceMean`` over the spatial axes becomes the ``GlobalAveragePool`` it is, which has an integer kernel;
+- a ``BatchNormalization`` no conv absorbed becomes the 1x1 depthwise conv it is (for ONNX Runtime), which has one.
 """
 from __future__ import annotations
 
@@ -207,6 +208,50 @@ def reduce_means_to_global_pools(model) -> int:
     return done
 
 
+def batchnorms_to_depthwise(model) -> int:
+    """Rewrite each inference-mode ``BatchNormalization`` of a 4-D activation that no conv before it absorbed (a
+    pre-activation BatchNorm after a Concat in DenseNet, RepGhost's ``fusion_bn`` on a branch that also feeds
+    another layer) into the same per-channel affine map as a 1x1 depthwise ``Conv`` (weight ``gamma / sqrt(var +
+    eps)``, bias ``beta - mean * weight``): exact in float, and it then runs as an integer depthwise conv (one
+    weight per channel: int8 per channel holds it exactly) instead of in float between DequantizeLinear and
+    QuantizeLinear. Returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    bns = [n for n in g.node if n.op_type == "BatchNormalization"]
+    if not bns:
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - no shapes, no rewrite
+        return 0
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
+            if v.type.tensor_type.HasField("shape")}
+    done = 0
+    for n in bns:
+        params = [_const_value(model, i) for i in n.input[1:5]]
+        if rank.get(n.input[0]) != 4 or any(p is None for p in params) or _attr(n, "training_mode", 0) \
+                or any(o for o in n.output[1:]) or _const_value(model, n.input[0]) is not None:
+            continue
+        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)
+        w = gamma / np.sqrt(var + float(_attr(n, "epsilon", 1e-5)))
+        stem = n.name or n.output[0]
+        g.initializer.extend([numpy_helper.from_array(w.astype(np.float32).reshape(-1, 1, 1, 1), f"{stem}_dw_weight"),
+                              numpy_helper.from_array((beta - mean * w).astype(np.float32), f"{stem}_dw_bias")])
+        conv = helper.make_node("Conv", [n.input[0], f"{stem}_dw_weight", f"{stem}_dw_bias"], [n.output[0]],
+                                name=stem, group=int(w.size), kernel_shape=[1, 1])
+        idx = list(g.node).index(n)
+        g.node.remove(n)
+        g.node.insert(idx, conv)
+        done += 1
+    if done:
+        from ..export import drop_unread
+
+        drop_unread(g)
+    return done
+
+
 def fold_computed_weights(model) -> int:
     """Replace each weight or bias of a Conv/ConvTranspose/Gemm/MatMul that the graph computes from constants only
     by an initializer of the same name holding its value (computed once, by ONNX's reference evaluator), and drop
@@ -272,4 +317,5 @@ def preprocess(model, target: str = "onnxruntime"):
             "reduce_means_pooled": reduce_means_to_global_pools(model)}
     if target == "onnxruntime":
         done["hard_activations_decomposed"] = decompose_hard_activations(model)
+        done["batchnorms_as_depthwise"] = batchnorms_to_depthwise(model)
     return done
