@@ -136,8 +136,10 @@ def export_qat(qmod, onnx_model, plan, out_path: str | Path, shape: tuple[int, .
 
 def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_loader: Iterable, loss_fn: Callable,
                          calib_batches: Iterable, out_path: str | Path, cfg: QATConfig | None = None, *,
-                         progress: bool = True):
-    """Fine-tune ``model`` with fake quantization and write the INT8 QDQ ONNX file.
+                         progress: bool = True, timed: bool = True):
+    """Fine-tune ``model`` with fake quantization and write the INT8 QDQ ONNX file. ``timed``: choices made by
+    timing (``pad_channels="auto"``) are made; without it (the zoo's rows, whose files must not depend on the
+    machine's load) they keep the untimed default.
 
     Returns (path, the trained fake-quant module in eval mode).
     """
@@ -158,7 +160,8 @@ def quantize_aware_train(model: nn.Module, example_inputs: torch.Tensor, train_l
 
     # under torchrun every rank holds the same module (same calibration images, averaged gradients, rank 0's
     # range buffers broadcast by DDP); rank 0 writes the file, the others wait for it
-    path = export_qat(qmod, onnx_model, plan, out_path, (1, *example_inputs.shape[1:]), cfg.calibration) \
-        if distributed.is_main() else Path(out_path)
+    shape = (1, *example_inputs.shape[1:]) if timed else None
+    path = export_qat(qmod, onnx_model, plan, out_path, shape, cfg.calibration) if distributed.is_main() \
+        else Path(out_path)
     distributed.barrier()
     return path, qmod.eval()

@@ -99,7 +99,7 @@ class QAT:
             path, _ = quantize_aware_train(
                 model, task.example_inputs(), task.train_loader(qcfg.batch_size), task.loss_fn,
                 task.calibration_batches(qcfg.calibration.num_calibration, qcfg.calibration.calibration_batch_size),
-                row_dir / "model_int8_qat.onnx", qcfg, progress=runner.progress)
+                row_dir / "model_int8_qat.onnx", qcfg, progress=runner.progress, timed=False)
         return Produced(path, model, task, {})
 
     def extra_training(self, r: dict):
