@@ -53,7 +53,8 @@ def fp32_file(tmp_path_factory):
     with torch.no_grad():
         for _ in range(3):
             m(torch.randn(8, 3, 48, 48))
-    return export_onnx(fold_batchnorm(m.eval()), tmp_path_factory.mktemp("pad") / "fp32.onnx", torch.randn(1, 3, 48, 48))
+    out = tmp_path_factory.mktemp("pad") / "fp32.onnx"
+    return export_onnx(fold_batchnorm(m.eval()), out, torch.randn(1, 3, 48, 48))
 
 
 def _batches():
@@ -153,7 +154,8 @@ def test_qat_file_is_widened_the_same_way(tmp_path):
     m = _Net().eval()
     paths = {}
     for mode in ("off", "on"):
-        qat = slimzoo.prepare_qat(m, _batches(), QATConfig(calibration=PTQConfig(num_calibration=16, pad_channels=mode)))
+        cfg = QATConfig(calibration=PTQConfig(num_calibration=16, pad_channels=mode))
+        qat = slimzoo.prepare_qat(m, _batches(), cfg)
         paths[mode] = slimzoo.convert(qat, tmp_path / f"qat_{mode}.onnx").path
     groups = {k: sorted(a.i for n in onnx.load(str(p)).graph.node if n.op_type == "Conv" for a in n.attribute
                         if a.name == "group" and a.i > 1) for k, p in paths.items()}

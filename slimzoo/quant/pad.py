@@ -298,7 +298,7 @@ def choose_padding(model, plan, qp, path: Path, shape: tuple[int, ...], block: i
         warnings.simplefilter("ignore")
         write_qdq(wide_model, plan, wide_qp, alt)
     diff = _max_difference(path, alt, shape)
-    if diff is not None:  # a pattern the walk took for channel-wise and is not: never keep a file that computes otherwise
+    if diff is not None:  # a pattern the walk took for channel-wise and is not: keep no file that computes otherwise
         alt.unlink(missing_ok=True)
         warnings.warn(f"{path}: the file with its depthwise convs widened computed other outputs (largest difference "
                       f"{diff:.3g}); kept the narrow one. Please report the network (pad_channels='off' silences "

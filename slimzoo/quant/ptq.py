@@ -228,8 +228,8 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
     (``cfg.grouped_convs == "auto"``, each timed in a small chain before the file is written), then the stem
     (``cfg.stem == "auto"``: the file written with the first conv in int8 and in float, the faster kept), the
     depthwise convs off the int8 kernel's channel block widened or not (``cfg.pad_channels == "auto"``: both files
-    timed, ``quant.pad``), and the check of what ONNX Runtime makes of the file (``report_check``). The one path of the API, the CLI and
-    :func:`quantize`."""
+    timed, ``quant.pad``), and the check of what ONNX Runtime makes of the file (``report_check``). The one path of
+    the API, the CLI and :func:`quantize`."""
     import onnx
 
     cfg = cfg or PTQConfig()
