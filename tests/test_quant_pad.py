@@ -188,3 +188,33 @@ def test_a_widened_file_that_computes_otherwise_is_not_kept(fp32_file, tmp_path,
     assert rec["chosen"] == "narrow" and rec["mismatch"] > 0
     assert any("computed other outputs" in str(w.message) for w in caught)
     assert narrow.read_bytes() == before and not (tmp_path / "narrow.widened.onnx").exists()
+
+
+def test_a_conv_between_two_widened_sets_reads_and_writes_wider(tmp_path):
+    """A pruned MobileNetV1: depthwise (24) -> pointwise (24 -> 40) -> depthwise (40): the pointwise conv is the sink
+    of one set and the source of the next, widened on both axes; the file computes the same."""
+    import onnxruntime as ort
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.pad import pad_channels
+    from slimzoo.quant.ptq import prepare_ptq
+    from slimzoo.quant.qdq import write_qdq
+
+    def dw_pw(cin, cout):
+        return [nn.Conv2d(cin, cin, 3, 1, 1, groups=cin), nn.ReLU(), nn.Conv2d(cin, cout, 1), nn.ReLU()]
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), nn.ReLU(), *dw_pw(24, 40), *dw_pw(40, 56), nn.Conv2d(56, 8, 1)).eval()
+    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
+    prep = prepare_ptq(fp32, [torch.randn(8, 3, 32, 32)], PTQConfig(num_calibration=8, stem="int8"))
+    model, qp, report = pad_channels(prep.model, prep.plan, prep.qparams)
+    assert [(w["channels"], w["padded"]) for w in report["widened"]] == [(24, 32), (40, 48)]
+    pw = report["widened"][0]["sinks"]
+    assert pw == report["widened"][1]["sources"]
+    assert next(q for q in qp.weights.values() if q.qweight.shape[2:] == (1, 1) and q.qweight.shape[0] == 48
+                ).qweight.shape[1] == 32
+    narrow = write_qdq(prep.model, prep.plan, prep.qparams, tmp_path / "narrow.onnx")
+    wide = write_qdq(model, prep.plan, qp, tmp_path / "wide.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ya, yb = (ort.InferenceSession(str(p)).run(None, {"input": x})[0] for p in (narrow, wide))
+    assert np.abs(ya).max() > 0
+    np.testing.assert_array_equal(ya, yb)
