@@ -625,26 +625,33 @@ class _MeanPooled(nn.Module):  # x.mean over H, W: a squeeze-excite gate (keepdi
         return self.head(x.mean((-2, -1)))
 
 
-def test_spatial_reduce_means_become_integer_global_pools(tmp_path):
+def _rewrite_is_exact(m, tmp_path, rewrite, op_type: str, count: int):
+    """Export ``m``; the graph holds ``count`` ``op_type`` nodes, ``rewrite`` replaces them all, and the rewritten graph
+    computes what ``m`` does. Returns the exported FP32 file."""
     import onnx
 
     from slimzoo.export import export_onnx
-    from slimzoo.quant.check import _optimized_graph
-    from slimzoo.quant.preprocess import reduce_means_to_global_pools
     from slimzoo.runtime import ort_session
 
-    m = _MeanPooled().eval()
     fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
     model = onnx.load(str(fp32))
-    assert sum(n.op_type == "ReduceMean" for n in model.graph.node) == 2  # as exported
-    assert reduce_means_to_global_pools(model) == 2
-    assert not [n for n in model.graph.node if n.op_type == "ReduceMean"]
-    onnx.save(model, str(tmp_path / "pooled.onnx"))
+    assert sum(n.op_type == op_type for n in model.graph.node) == count  # as exported
+    assert rewrite(model) == count
+    assert not [n for n in model.graph.node if n.op_type == op_type]
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = m(x).numpy()
-    np.testing.assert_allclose(ort_session(tmp_path / "pooled.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
+    np.testing.assert_allclose(ort_session(tmp_path / "rewritten.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
                                rtol=1e-4, atol=1e-5)
+    return fp32
+
+
+def test_spatial_reduce_means_become_integer_global_pools(tmp_path):
+    from slimzoo.quant.check import _optimized_graph
+    from slimzoo.quant.preprocess import reduce_means_to_global_pools
+
+    fp32 = _rewrite_is_exact(_MeanPooled().eval(), tmp_path, reduce_means_to_global_pools, "ReduceMean", 2)
     path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(stem="int8"))
     ops = [n.op_type for n in _optimized_graph(path).node]
     assert ops.count("QLinearGlobalAveragePool") == 2 and "ReduceMean" not in ops and "GlobalAveragePool" not in ops
@@ -762,23 +769,15 @@ def test_batchnorms_no_conv_absorbed_become_integer_depthwise_convs(tmp_path):
     32.3 -> 24.0 ms at one thread, docs/quantization.md); OpenVINO's placement keeps them (it folds them itself)."""
     import onnx
 
-    from slimzoo.export import export_onnx
     from slimzoo.quant.check import _optimized_graph, integer_layers
     from slimzoo.quant.preprocess import batchnorms_to_depthwise
     from slimzoo.runtime import ort_session
 
     m = _warm(DenseLike())
-    fp32 = export_onnx(m, tmp_path / "f.onnx", torch.randn(1, 3, 32, 32))
-    model = onnx.load(str(fp32))
-    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3  # as exported: nothing to fold into
-    assert batchnorms_to_depthwise(model) == 3
-    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
-    onnx.save(model, str(tmp_path / "dw.onnx"))
+    fp32 = _rewrite_is_exact(m, tmp_path, batchnorms_to_depthwise, "BatchNormalization", 3)  # nothing to fold into
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = m(x).numpy()
-    np.testing.assert_allclose(ort_session(tmp_path / "dw.onnx", 1).run(None, {"input": x.numpy()})[0], ref,
-                               rtol=1e-4, atol=1e-5)
     path, _, _ = quantize_onnx(fp32, tmp_path / "q.onnx", _batches(32), PTQConfig(stem="int8"))
     ops = [n.op_type for n in _optimized_graph(path).node]
     assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 1 + 3 + 3

@@ -158,24 +158,30 @@ def materialize_identity_initializers(model) -> int:
     return len(done)
 
 
+def _ranks(model) -> dict[str, int] | None:
+    """Each tensor's rank, by ONNX shape inference; None where inference fails (no shapes, no rewrite)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - a graph onnx cannot infer
+        return None
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
+            if v.type.tensor_type.HasField("shape")}
+
+
 def reduce_means_to_global_pools(model) -> int:
     """Rewrite each ``ReduceMean`` over the two spatial axes of a 4-D tensor (``x.mean((2, 3))``: the squeeze of
     timm's squeeze-excite blocks, the pooling of every network ``torch.onnx.export``'s default exporter writes) into
     ``GlobalAveragePool`` (followed by a ``Squeeze`` without ``keepdims``), the same function with an integer kernel
     (QLinearGlobalAveragePool); ReduceMean has none and runs in float between DequantizeLinear and QuantizeLinear.
     Returns how many."""
-    import onnx
     from onnx import helper, numpy_helper
 
     g = model.graph
-    if not any(n.op_type == "ReduceMean" for n in g.node):
+    rank = _ranks(model) if any(n.op_type == "ReduceMean" for n in g.node) else None
+    if rank is None:
         return 0
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - no shapes, no rewrite
-        return 0
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
-            if v.type.tensor_type.HasField("shape")}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     new_nodes, done = [], 0
     for n in g.node:
@@ -215,19 +221,13 @@ def batchnorms_to_depthwise(model) -> int:
     eps)``, bias ``beta - mean * weight``): exact in float, and it then runs as an integer depthwise conv (one
     weight per channel: int8 per channel holds it exactly) instead of in float between DequantizeLinear and
     QuantizeLinear. Returns how many."""
-    import onnx
     from onnx import helper, numpy_helper
 
     g = model.graph
     bns = [n for n in g.node if n.op_type == "BatchNormalization"]
-    if not bns:
+    rank = _ranks(model) if bns else None
+    if rank is None:
         return 0
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - no shapes, no rewrite
-        return 0
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
-            if v.type.tensor_type.HasField("shape")}
     done = 0
     for n in bns:
         params = [_const_value(model, i) for i in n.input[1:5]]
