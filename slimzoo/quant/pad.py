@@ -3,10 +3,9 @@
 ONNX Runtime's integer depthwise kernel works on blocks of 16 channels and runs the remainder one channel at a time:
 on this machine a chain of 3x3 depthwise convs at 28x28 took 0.45 ms in int8 with 88 channels (MobileNetV3-Small's
 third block) against 0.26 ms with 96, and 72 or 120 channels were as slow against 80 or 128 (docs/quantization.md).
-Such a conv, the convs that feed it
-and read it, and the channel-wise ops between them (activations, a squeeze-excite's pooling and gate) are widened
-with zero channels to the next multiple of the block: the producing convs get zero filters, the depthwise conv zero
-filters and zero biases, the reading convs zero input weights. The added channels hold zeros (or a constant such
+Such a conv, the convs that feed it and read it, and the channel-wise ops between them (activations, a
+squeeze-excite's pooling and gate) are widened with zero channels to the next multiple of the block: the producing
+convs get zero filters, the depthwise conv zero filters and zero biases, the reading convs zero input weights. The added channels hold zeros (or a constant such
 as a sigmoid's 0.5) that nothing reads with a nonzero weight, so the widened file computes exactly what the narrow
 one does, on the same integer weights and scales; only the kernels' speed changes.
 
