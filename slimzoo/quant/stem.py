@@ -2,9 +2,9 @@
 
 ONNX Runtime's ``QLinearConv`` is slow on 3 input channels: on a small stem (MobileNetV3-Small's 3x3, 16 output
 channels) the integer kernel takes twice the float one, and the file loses what int8 wins elsewhere. On a heavy
-stem (ResNet50's 7x7, 64 channels) int8 still pays. No rule on the shape separates the two on every CPU, so
-with ``stem="auto"`` the file is written both ways and timed at one thread; the float stem, which spares the image
-its rounding to uint8, is kept unless the int8 one is clearly faster (figures in docs/quantization.md).
+stem (ResNet's 7x7, 64 channels) the two come out within a few percent. No rule on the shape separates them on
+every CPU, so with ``stem="auto"`` the file is written both ways and timed at one thread; the float stem, which
+spares the image its rounding to uint8, is kept unless the int8 one is clearly faster (docs/quantization.md).
 """
 from __future__ import annotations
 
