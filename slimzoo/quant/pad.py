@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .preprocess import tensor_shapes
 from .qdq import _attr, consumer_map
 
 BLOCK = 16  # channels per block of ONNX Runtime's int8 depthwise kernel (measured; docs/quantization.md)
@@ -53,22 +54,6 @@ def _channels(shapes: dict, t: str) -> int | None:
     return s[1] if s is not None and len(s) >= 2 and isinstance(s[1], int) and s[1] > 0 else None
 
 
-def _shapes(model) -> dict[str, list]:
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a graph onnx cannot infer: nothing is widened
-        return {}
-    out = {}
-    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        out[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    for i in model.graph.initializer:
-        out[i.name] = list(i.dims)
-    return out
-
-
 def _weight_dims(inits: dict, node) -> list[int] | None:
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return None
@@ -97,7 +82,7 @@ class _Graph:
         self.consumers = consumer_map(g)
         self.outputs = {o.name for o in g.output}
         self.nodes = {n.name: n for n in g.node}
-        self.shapes = _shapes(model)
+        self.shapes = tensor_shapes(model) or {}  # no shapes: nothing is widened
 
     def channels(self, t: str) -> int | None:
         return _channels(self.shapes, t)

@@ -158,16 +158,24 @@ def materialize_identity_initializers(model) -> int:
     return len(done)
 
 
-def _ranks(model) -> dict[str, int] | None:
-    """Each tensor's rank, by ONNX shape inference; None where inference fails (no shapes, no rewrite)."""
+def tensor_shapes(model) -> dict[str, list] | None:
+    """Each tensor's shape (None for a dimension not known) by ONNX shape inference, initializers included; None
+    where inference fails (no shapes, no rewrite)."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model).graph
     except Exception:  # noqa: BLE001 - a graph onnx cannot infer
         return None
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
-            if v.type.tensor_type.HasField("shape")}
+    out = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+           for v in [*inferred.value_info, *inferred.input, *inferred.output] if v.type.tensor_type.HasField("shape")}
+    out.update({i.name: list(i.dims) for i in model.graph.initializer})
+    return out
+
+
+def _ranks(model) -> dict[str, int] | None:
+    shapes = tensor_shapes(model)
+    return None if shapes is None else {k: len(v) for k, v in shapes.items()}
 
 
 def reduce_means_to_global_pools(model) -> int:

@@ -82,9 +82,9 @@ def _const_value(model, name: str):
 
 
 def consumer_map(graph) -> dict[str, list]:
-    """Tensor name -> the nodes that read it."""
+    """Tensor name -> the nodes that read it (of a graph, or of a list of nodes)."""
     consumers: dict[str, list] = defaultdict(list)
-    for n in graph.node:
+    for n in getattr(graph, "node", graph):
         for i in n.input:
             consumers[i].append(n)
     return consumers
@@ -663,10 +663,7 @@ class _Writer:
         from onnx import helper
 
         producer = {o: n for n in nodes for o in n.output}
-        readers: dict[str, list] = defaultdict(list)
-        for n in nodes:
-            for i in n.input:
-                readers[i].append(n)
+        readers = consumer_map(nodes)
         out = []
         for n in nodes:
             out.append(n)
