@@ -83,3 +83,41 @@ def test_qat_trains_and_writes_a_vision_transformer(tmp_path):
         fq = qmod(x).numpy()
     out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
     assert np.corrcoef(fq.ravel(), out.ravel())[0, 1] > 0.95
+
+
+def test_a_concat_group_the_writer_unifies_trains_with_one_quantizer(tmp_path):
+    """Where the writer puts a Concat's inputs and output on one range (ONNX Runtime's copying QLinearConcat), QAT
+    trains them with one fake quantizer, so the file computes what the trained module did."""
+    from slimzoo.quant.qat import QATConfig, export_qat, prepare_qat
+    from slimzoo.runtime import ort_session
+
+    class Fire(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+            self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            s = self.s(x)
+            return self.head(torch.cat([torch.relu(self.a(s)), torch.relu(self.b(s))], 1))
+
+    torch.manual_seed(0)
+    m = Fire().eval()
+    with torch.no_grad():  # the two branches' ranges within 2x of each other
+        m.b.weight *= 1.2
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+    qmod, onnx_model, plan = prepare_qat(m, torch.randn(1, 3, 32, 32), calib,
+                                         QATConfig(calibration=PTQConfig(calibration="minmax", stem="int8")))
+    cat = next(n for n in onnx_model.graph.node if n.op_type == "Concat")
+    group = next(grp for grp in plan.unified if cat.output[0] in grp)
+    assert len({qmod.act_keys[t] for t in group}) == 1 and len(group) == 3
+    ranges = qmod.act_ranges()
+    assert len({ranges[t] for t in group}) == 1
+    path = export_qat(qmod, onnx_model, plan, tmp_path / "q.onnx")
+    x = calib[0]
+    with torch.no_grad():
+        fq = qmod(x).numpy()
+    out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
+    assert np.abs(fq - out).max() < 0.05 * np.abs(fq).max()

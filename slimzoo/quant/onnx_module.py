@@ -307,10 +307,12 @@ def fake_quant_weight(w: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class OnnxModule(nn.Module):
-    """An ONNX graph as a module: initializers become parameters, chosen tensors get fake quantizers."""
+    """An ONNX graph as a module: initializers become parameters, chosen tensors get fake quantizers (``shared``:
+    tensor -> the tensor whose quantizer it uses, for tensors the writer puts on one range)."""
 
     def __init__(self, model, act_ranges: dict[str, tuple[float, float]] | None = None,
-                 weight_axes: dict[str, int] | None = None, momentum: float = 0.9, learn_ranges: bool = False):
+                 weight_axes: dict[str, int] | None = None, momentum: float = 0.9, learn_ranges: bool = False,
+                 shared: dict[str, str] | None = None):
         super().__init__()
         from onnx import numpy_helper
 
@@ -335,9 +337,11 @@ class OnnxModule(nn.Module):
         for n in self.nodes:
             if n.op_type == "Constant":
                 self.consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(n.attribute[0].t)))
-        self.act_keys = {t: f"a{i}" for i, t in enumerate(act_ranges or {})}
-        self.act_fq = nn.ModuleDict({self.act_keys[t]: FakeQuantAct(lo, hi, momentum, learn_ranges)
-                                     for t, (lo, hi) in (act_ranges or {}).items()})
+        own = {t: f"a{i}" for i, t in enumerate(act_ranges or {})}
+        shared = {t: r for t, r in (shared or {}).items() if t in own and r in own}
+        self.act_keys = {t: own[shared.get(t, t)] for t in own}
+        self.act_fq = nn.ModuleDict({own[t]: FakeQuantAct(lo, hi, momentum, learn_ranges)
+                                     for t, (lo, hi) in (act_ranges or {}).items() if shared.get(t, t) == t})
         self.weight_axes = dict(weight_axes or {})
 
     def set_observing(self, on: bool) -> None:

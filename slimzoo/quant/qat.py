@@ -22,7 +22,7 @@ from ..config import reject_unknown_keys
 from ..errors import ConfigError
 from .preprocess import preprocess
 from .ptq import PTQConfig
-from .qdq import plan_qdq, unify_ranges, write_qdq
+from .qdq import plan_qdq, unified_spans, unify_ranges, write_qdq
 from .stem import stem_layers
 from .qparams import QuantParams, activation_qparams, weight_qparams
 
@@ -82,9 +82,14 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
     plan = plan_qdq(onnx_model, set(cfg.keep_fp32) | float_stem, cfg.calibration.target)
     ranges = collect_ranges(onnx_model, plan.activations, calib_batches, method=cfg.calibration.calibration,
                             percentile=cfg.calibration.percentile)
-    qmod = OnnxModule(onnx_model, {t: ranges[t] for t in plan.activations},
-                      {w: axis for w, (axis, _) in plan.weights.items()}, momentum=cfg.range_momentum,
-                      learn_ranges=cfg.learn_ranges)
+    ranges = {t: ranges[t] for t in plan.activations}
+    shared = {}  # a group the writer puts on one range (a Concat's inputs and output) trains with one quantizer
+    for group, lo, hi in unified_spans(plan, QuantParams(activations={t: activation_qparams(*ranges[t])
+                                                                      for t in plan.activations})):
+        for t in group:
+            ranges[t], shared[t] = (lo, hi), group[0]
+    qmod = OnnxModule(onnx_model, ranges, {w: axis for w, (axis, _) in plan.weights.items()},
+                      momentum=cfg.range_momentum, learn_ranges=cfg.learn_ranges, shared=shared)
     return qmod, onnx_model, plan
 
 

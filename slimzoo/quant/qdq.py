@@ -424,22 +424,30 @@ def _concat_groups(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
 CONCAT_SPREAD = 2.0
 
 
-def unify_ranges(plan: QdqPlan, qp: QuantParams) -> QuantParams:
-    """Give each group of ``plan.unified`` one set of qparams covering all its tensors: symmetric with zero point 0
-    for OpenVINO; for ONNX Runtime asymmetric uint8, and only where the ranges are within :data:`CONCAT_SPREAD` of
-    each other."""
-    from .qparams import activation_qparams
-
+def unified_spans(plan: QdqPlan, qp: QuantParams) -> list[tuple[list[str], float, float]]:
+    """(group, lo, hi) for each group of ``plan.unified`` that goes on one range, the range covering all its
+    tensors' grids: every group for OpenVINO; for ONNX Runtime those of uint8 tensors within :data:`CONCAT_SPREAD`
+    of each other."""
+    out = []
     for group in plan.unified:
         qs = [qp.activations[t] for t in group if t in qp.activations]
         if len(qs) != len(group):
             continue
         spans = [(q.scale * (q.qrange[0] - q.zero_point), q.scale * (q.qrange[1] - q.zero_point)) for q in qs]
-        lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)  # the range each tensor's grid covers
         if plan.target == "onnxruntime":
             widths = [b - a for a, b in spans]
             if any(q.signed for q in qs) or max(widths) > CONCAT_SPREAD * min(widths):
                 continue
+        out.append((group, min(s[0] for s in spans), max(s[1] for s in spans)))
+    return out
+
+
+def unify_ranges(plan: QdqPlan, qp: QuantParams) -> QuantParams:
+    """Give each group of ``plan.unified`` that :func:`unified_spans` keeps one set of qparams covering all its
+    tensors: symmetric with zero point 0 for OpenVINO, asymmetric uint8 for ONNX Runtime."""
+    from .qparams import activation_qparams
+
+    for group, lo, hi in unified_spans(plan, qp):
         u = activation_qparams(lo, hi, symmetric=plan.target == "openvino")
         for t in group:
             qp.activations[t] = u
