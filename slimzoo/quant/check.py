@@ -35,7 +35,8 @@ class Int8Check:
     int8_ms: float | None = None
     # PTQConfig.stem == "auto": the first conv's measured choice {layers, chosen, int8_stem_ms, float_stem_ms}
     stem: dict | None = None
-    # PTQConfig.grouped_convs == "auto": per grouped conv {int8_ms, float_ms, chosen}, the ones kept float, untimed
+    # PTQConfig.grouped_convs == "auto": per grouped (or narrow depthwise) conv {int8_ms, float_ms, chosen}, the
+    # ones kept float, untimed
     grouped: dict | None = None
     # PTQConfig.pad_channels == "auto": the depthwise convs widened to the int8 kernel's block (quant.pad), timings
     widened: dict | None = None
@@ -73,7 +74,8 @@ class Int8Check:
                   f"at least {MIN_GAIN:.0%} faster)")
         if self.grouped:
             g = self.grouped
-            s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped convs kept in float "
+            s += (f"; {len(g['float'])} of {len(g['layers']) + len(g['untimed'])} grouped or narrow depthwise convs "
+                  f"kept in float "
                   f"(each timed in int8 and in float, {g['seconds']:.1f} s; float where at least "
                   f"{g['min_gain']:.0%} faster)")
         if self.widened and self.widened.get("narrow_ms"):

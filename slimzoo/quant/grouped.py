@@ -9,8 +9,12 @@ a small int8 chain -- a 1x1 depthwise int8 conv, the layer, a 1x1 depthwise int8
 once with the layer in int8 and once in float between DequantizeLinear and QuantizeLinear, the files timed in turns
 at one thread; the layer stays float only where that is clearly faster (``MIN_GAIN``).
 
-Depthwise convs are not candidates (int8 was faster, or within 0.1 ms, on every one measured), nor are
-channel-multiplier convs (float for ONNX Runtime by rule: ``qdq.channel_multiplier_convs``).
+Depthwise convs are candidates only where their channel count is off the int8 kernel's block of 16 and they cannot
+be widened to it (``quant.pad``: GhostNet's "cheap" convs, whose outputs are concatenated; with
+``pad_channels="off"``, every such conv): there the int8 kernel runs channel by channel, and GhostNet-100's 8- to
+60-channel depthwise convs took 4.7 ms in int8 against 1.5 ms in float (profiler, one thread). Depthwise convs on
+the block are int8 (faster, or within 0.1 ms, on every one measured). Channel-multiplier convs are float for ONNX
+Runtime by rule (``qdq.channel_multiplier_convs``).
 """
 from __future__ import annotations
 
@@ -40,6 +44,18 @@ def grouped_convs(model) -> list[str]:
         if _attr(n, "group", 1) > 1 and len(dims) == 4 and dims[1] > 1:
             out.append(n.name)
     return out
+
+
+def narrow_depthwise_convs(model, widen: bool) -> list[str]:
+    """Names of the depthwise convs whose channel count is not a multiple of the int8 kernel's block and that will
+    not be widened to it: with ``widen`` (``pad_channels`` auto or on), those of channel sets ``quant.pad`` cannot
+    widen; without, all of them."""
+    from .pad import BLOCK, _is_depthwise, channel_sets
+
+    if widen:
+        return sorted(name for cs in channel_sets(model) if cs.blocked for name in cs.depthwise)
+    inits = {i.name: i for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if _is_depthwise(inits, n) and list(inits[n.input[1]].dims)[0] % BLOCK]
 
 
 def conv_input_shapes(model, names: list[str], image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -88,13 +104,14 @@ def _write_chain(chain, keep: set[str], path: Path) -> Path:
 
 
 def choose_grouped(model, image_shape: tuple[int, ...], keep: set[str] = frozenset(),
-                   budget_s: float = BUDGET_S) -> dict:
-    """Time each grouped conv of ``model`` (preprocessed FP32 ONNX) in int8 and in float in its chain; returns
-    ``{"float": [names kept float], "layers": {name: {int8_ms, float_ms, chosen}}, "untimed": [names],
-    "seconds": s}``. Layers with the same weight shape, attributes and input shape share one timing."""
+                   budget_s: float = BUDGET_S, widen: bool = True) -> dict:
+    """Time each grouped conv of ``model`` (preprocessed FP32 ONNX), and each narrow depthwise conv that will not be
+    widened (:func:`narrow_depthwise_convs`), in int8 and in float in its chain; returns ``{"float": [names kept
+    float], "layers": {name: {int8_ms, float_ms, chosen}}, "untimed": [names], "seconds": s}``. Layers with the
+    same weight shape, attributes and input shape share one timing."""
     from onnx import numpy_helper
 
-    names = [n for n in grouped_convs(model) if n not in keep]
+    names = [n for n in grouped_convs(model) + narrow_depthwise_convs(model, widen) if n not in keep]
     result = {"float": [], "layers": {}, "untimed": [], "seconds": 0.0, "min_gain": MIN_GAIN}
     if not names:
         return result

@@ -50,8 +50,9 @@ class PTQConfig:
     # at one thread (quant.stem); "int8" or "float" decide without measuring (an unchecked "auto" stays int8)
     stem: str = "auto"
     # grouped convs with several channels per group (ResNeXt, RegNet): "auto" times each in int8 and in float in a
-    # small chain when the file is checked and keeps float where that is clearly faster (quant.grouped); "int8" or
-    # "float" decide without measuring (an unchecked "auto" stays int8)
+    # small chain when the file is checked and keeps float where that is clearly faster (quant.grouped), and so
+    # each depthwise conv off the int8 kernel's channel block that cannot be widened (GhostNet's); "int8" or "float"
+    # decide without measuring for the grouped ones (an unchecked "auto" stays int8)
     grouped_convs: str = "auto"
     # depthwise convs whose channel count is not a multiple of ONNX Runtime's int8 kernel block (16) widened with zero
     # channels, exactly (quant.pad): "auto" writes the file both ways when it is checked and keeps the widened one
@@ -240,7 +241,7 @@ def quantize_checked(fp32_path: str | Path, out_path: str | Path, batches: Itera
     if check and cfg.grouped_convs == "auto" and cfg.target == "onnxruntime":  # measured in ONNX Runtime, for it
         model = onnx.load(str(fp32_path))
         preprocess(model, cfg.target)
-        grouped = choose_grouped(model, shape, set(cfg.keep_fp32))
+        grouped = choose_grouped(model, shape, set(cfg.keep_fp32), widen=cfg.pad_channels != "off")
         if grouped["float"]:  # from here on an explicit choice, for this file and the other stem's
             cfg = PTQConfig(**{**cfg.to_dict(), "keep_fp32": [*cfg.keep_fp32, *grouped["float"]]})
         if not grouped["layers"] and not grouped["untimed"]:
