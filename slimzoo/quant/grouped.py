@@ -12,9 +12,9 @@ at one thread; the layer stays float only where that is clearly faster (``MIN_GA
 Depthwise convs are candidates only where their channel count is off the int8 kernel's block of 16 and they cannot
 be widened to it (``quant.pad``: GhostNet's "cheap" convs, whose outputs are concatenated; with
 ``pad_channels="off"``, every such conv): there the int8 kernel runs channel by channel, and GhostNet-100's 8- to
-60-channel depthwise convs took 4.7 ms in int8 against 1.5 ms in float (profiler, one thread, AMD EPYC). Depthwise convs on
-the block are int8 (faster, or within 0.1 ms, on every one measured). Channel-multiplier convs are float for ONNX
-Runtime by rule (``qdq.channel_multiplier_convs``).
+60-channel depthwise convs took 4.7 ms in int8 against 1.5 ms in float (profiler, one thread, AMD EPYC). Depthwise
+convs on the block are int8 (faster, or within 0.1 ms, on every one measured). Channel-multiplier convs are float
+for ONNX Runtime by rule (``qdq.channel_multiplier_convs``).
 """
 from __future__ import annotations
 
