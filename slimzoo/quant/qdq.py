@@ -386,13 +386,21 @@ def _openvino_data_movement(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
         acts.remove(n.output[0])
         quantized.discard(n.output[0])
         source[n.output[0]] = srcs[0]  # a Concat of this Concat joins its group
-        group = set(srcs)
-        for other in [g for g in groups if g & group]:  # merge groups that share a tensor
-            group |= other
-            groups.remove(other)
-        groups.append(group)
+        _merge_group(groups, set(srcs))
+    plan.unified = _in_plan_order(groups, acts)
+
+
+def _merge_group(groups: list[set[str]], group: set[str]) -> None:
+    """Add ``group`` to ``groups``, merged with every group it shares a tensor with."""
+    for other in [g for g in groups if g & group]:
+        group |= other
+        groups.remove(other)
+    groups.append(group)
+
+
+def _in_plan_order(groups: list[set[str]], acts: list[str]) -> list[list[str]]:
     order = {t: k for k, t in enumerate(acts)}
-    plan.unified = [sorted(g, key=order.__getitem__) for g in groups]
+    return [sorted(g, key=order.__getitem__) for g in groups]
 
 
 def _concat_groups(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
@@ -410,13 +418,8 @@ def _concat_groups(gr: _Graph, plan: QdqPlan, acts: list[str]) -> None:
         srcs = [i if i in quantized else plan.shared.get(i) for i in n.input]
         if any(s is None or s not in quantized for s in srcs):
             continue
-        group = {*srcs, n.output[0]}
-        for other in [g for g in groups if g & group]:  # merge groups that share a tensor
-            group |= other
-            groups.remove(other)
-        groups.append(group)
-    order = {t: k for k, t in enumerate(acts)}
-    plan.unified = [sorted(g, key=order.__getitem__) for g in groups]
+        _merge_group(groups, {*srcs, n.output[0]})
+    plan.unified = _in_plan_order(groups, acts)
 
 
 # ONNX Runtime placement: a Concat group is put on one range only where the widest of its tensors' ranges is at most
