@@ -63,8 +63,9 @@ class QdqPlan:
     rescaled: dict[str, tuple[str, float]] = field(default_factory=dict)  # output -> (quantized source, factor)
     rescale_nodes: set[str] = field(default_factory=set)  # names of the removed Mul/Div nodes
     constants: dict[str, float] = field(default_factory=dict)  # scalar constant operand of a quantized op -> value
-    # --target openvino: the inputs of a Concat share one range (OpenVINO then concatenates int8 data, as with NNCF's
-    # files); the Concat's output carries no quantizer of its own
+    # tensors put on one range (unify_ranges): --target openvino, the inputs of a Concat (OpenVINO then concatenates
+    # int8 data, as with NNCF's files; the Concat's output carries no quantizer of its own); ONNX Runtime, a Concat's
+    # inputs and output where their calibrated ranges are close (QLinearConcat then copies bytes)
     unified: list[list[str]] = field(default_factory=list)
     target: str = "onnxruntime"  # the runtime the placement is made for
 
