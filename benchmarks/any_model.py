@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,8 +154,15 @@ def ort_method(fp32, out, calib):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = Path(out).with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
+    pre = Path(out).with_suffix(".pre.onnx").resolve()
+    fp32 = Path(fp32).resolve()
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as d:  # on a failed shape inference it leaves a weights file in the cwd
+        os.chdir(d)
+        try:
+            quant_pre_process(str(fp32), str(pre))
+        finally:
+            os.chdir(cwd)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
