@@ -2,7 +2,8 @@
 quantized under several PTQ settings, every INT8 file scored in ONNX Runtime on the 400 validation images. Prints
 one JSON line per (row, variant); results in benchmarks/results/det_int8_calibration.jsonl (2026-12-02: the first
 five variants on both detectors; 2026-12-03: bias correction of the depthwise convs, the PTQ default since, on and
-off, on a retrained YOLOv3-MobileNetV1).
+off, on a retrained YOLOv3-MobileNetV1; 2026-12-04: the prediction convs in float, the default since, against
+quantized).
 
     python benchmarks/det_int8_calibration.py >> benchmarks/results/det_int8_calibration.jsonl
     python benchmarks/det_int8_calibration.py --rows det-yolov3_mobilenet_v1-coco-none --variants mse minmax
@@ -18,6 +19,7 @@ import torch
 from slimzoo.quant import PTQConfig, quantize
 from slimzoo.runtime import OnnxPredictor
 from slimzoo.zoo import Zoo
+from slimzoo.zoo.measure import machine_info
 
 BASE = {"num_calibration": 128, "calibration_batch_size": 16}
 VARIANTS = {"default (percentile 99.99, 128 images)": {},
@@ -27,7 +29,12 @@ VARIANTS = {"default (percentile 99.99, 128 images)": {},
             "minmax": {"calibration": "minmax"},
             "percentile, no bias correction": {"bias_correction": False},
             "mse, no bias correction": {"calibration": "mse", "bias_correction": False},
-            "minmax, no bias correction": {"calibration": "minmax", "bias_correction": False}}
+            "minmax, no bias correction": {"calibration": "minmax", "bias_correction": False},
+            # before 2026-12-04 the prediction convs were quantized too (output_convs="int8")
+            "mse, output convs int8": {"calibration": "mse", "output_convs": "int8"},
+            "minmax, no bias correction, output convs int8": {"calibration": "minmax", "bias_correction": False,
+                                                              "output_convs": "int8"},
+            "percentile, output convs int8": {"output_convs": "int8"}}
 
 
 def main():
@@ -38,6 +45,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     zoo = Zoo(args.zoo)
+    info = machine_info()
     for row in args.rows:
         model, task = zoo.baseline(row)
         fp32 = task.evaluate(model)["bbox_map"]
@@ -49,9 +57,10 @@ def main():
                              task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size),
                              Path(d) / "q.onnx", cfg, check=False)
                 m = task.evaluate(OnnxPredictor(p, threads=2))
-            print(json.dumps({"row": row, "variant": name, "fp32_bbox_map": round(fp32, 2),
-                              "bbox_map": round(m["bbox_map"], 2), "delta": round(m["bbox_map"] - fp32, 2),
-                              "ap50": round(m["ap50"], 2), "seconds": round(time.perf_counter() - t0, 1)}),
+            print(json.dumps({"date": info["date"], "cpu": f"{info['cpu']} ({info['cores']} cores)", "row": row,
+                              "variant": name, "fp32_bbox_map": round(fp32, 2), "bbox_map": round(m["bbox_map"], 2),
+                              "delta": round(m["bbox_map"] - fp32, 2), "ap50": round(m["ap50"], 2),
+                              "seconds": round(time.perf_counter() - t0, 1)}),
                   flush=True)
 
 

@@ -214,7 +214,7 @@ def cmd_quant(args) -> None:
     cfg = PTQConfig(calibration=args.calibration, num_calibration=args.num_calibration,
                     keep_fp32=args.keep_fp32 or [], bias_correction=bias_correction, adaround=args.adaround,
                     adaround_iters=args.adaround_iters, target=args.target, stem=args.stem,
-                    grouped_convs=args.grouped_convs, pad_channels=args.pad_channels)
+                    grouped_convs=args.grouped_convs, pad_channels=args.pad_channels, output_convs=args.output_convs)
     calib = list(task.calibration_batches(cfg.num_calibration, cfg.calibration_batch_size))
     out = Path(args.out)
 
@@ -570,6 +570,11 @@ def _add_quant(sub) -> None:
                          "runs the rest one channel at a time): auto writes the file also with them widened by zero "
                          "channels (exact: same outputs) and keeps it where it is at least 3%% faster at 1 thread; "
                          "on widens without measuring, off never")
+    sp.add_argument("--output-convs", choices=("float", "int8"), default="float",
+                    help="convs whose output no integer op reads (a detector's prediction convs before its box "
+                         "decoding), each under 2%% of the weights: float (default) keeps their outputs unrounded; "
+                         "int8 quantizes them too (ONNX Runtime then rounds box offsets, objectness and class scores "
+                         "to one uint8 grid)")
     sp.add_argument("--no-check", action="store_true",
                     help="skip counting integer ops and timing the INT8 file against FP32 at one thread")
     sp.add_argument("--no-eval", action="store_true", help="skip evaluating the INT8 file")

@@ -76,7 +76,7 @@ def test_every_weighted_layer_runs_as_integer_op(tmp_path, make):
     x = torch.randn(1, 3, 64, 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the speed check may find a tiny net not faster: not what this test is about
-        path = quantize(m, x, _batches(), tmp_path / "q.onnx", PTQConfig(stem="int8"))
+        path = quantize(m, x, _batches(), tmp_path / "q.onnx", PTQConfig(stem="int8", output_convs="int8"))
     check = integer_layers(path)
     assert check.float_layers == [] and check.integer == check.total > 0, check
     assert (tmp_path / "q.onnx.check.json").exists()
@@ -868,3 +868,67 @@ def test_concat_inputs_share_the_output_range_where_their_ranges_are_close(tmp_p
         ref = m(x).numpy()
     out = ort_session(path, 1).run(None, {"input": x.numpy()})[0]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+class _TinyYolo(nn.Module):
+    """A detector's head: raw predictions (box offsets near 0, class logits near +-12) on one output grid, decoded in
+    the graph (sigmoid for the centre, exp for the size) as the zoo's YOLOv3 does."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                  nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU())
+        self.pred = nn.Conv2d(64, 2 * 7, 1)  # 2 anchors x (x, y, w, h, objectness, 2 classes)
+        with torch.no_grad():
+            self.pred.weight.mul_(10.0)  # box offsets about +-0.5 on these inputs
+            self.pred.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 12, -12] * 2, dtype=torch.float32))
+
+    def forward(self, x):
+        p = self.pred(self.body(x))
+        n, _, h, w = p.shape
+        p = p.reshape(n, 2, 7, h, w).permute(0, 1, 3, 4, 2)
+        return torch.cat([torch.sigmoid(p[..., :2]), torch.exp(p[..., 2:4].clamp(max=8)),
+                          torch.sigmoid(p[..., 4:])], -1).reshape(n, -1, 7)
+
+
+def test_a_detectors_prediction_conv_stays_float_so_boxes_are_not_rounded(tmp_path):
+    from slimzoo.quant.qdq import output_convs, plan_qdq
+    from slimzoo.runtime import ort_session
+
+    m = _TinyYolo().eval()
+    x = torch.randn(1, 3, 64, 64)
+    xt = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(xt).numpy()
+    errs = {}
+    for mode in ("float", "int8"):
+        path = quantize(m, x, _batches(), tmp_path / f"{mode}.onnx", PTQConfig(stem="int8", output_convs=mode),
+                        check=False)
+        check = integer_layers(path)
+        assert check.total == 4 and check.integer == (3 if mode == "float" else 4), check
+        out = ort_session(path, 1).run(None, {"input": xt.numpy()})[0]
+        errs[mode] = float(np.abs(out[..., 2:4] / ref[..., 2:4] - 1).mean())  # relative error of box sizes
+    # one uint8 grid spanning the class logits' +-12 rounds the size offsets by up to 24/255/2, which exp() makes
+    # up to 5% of a box's size (2.6% on average here); in float only the inputs' rounding is left (0.4%)
+    assert errs["float"] < 0.01 and errs["int8"] > 4 * errs["float"], errs
+    import onnx
+
+    from slimzoo.export import export_onnx
+
+    model = onnx.load(str(export_onnx(m, tmp_path / "fp32.onnx", x)))
+    pred = [n.name for n in model.graph.node if n.op_type == "Conv"][-1]
+    assert output_convs(model) == [pred]
+    assert pred in plan_qdq(model).kept_fp32 and plan_qdq(model, output_float=False).kept_fp32 == []
+    assert plan_qdq(model, target="openvino").kept_fp32 == []  # there the conv's output is not quantized anyway
+
+
+def test_a_conv_before_a_float_activation_and_a_large_output_conv_stay_integer(tmp_path):
+    import onnx
+
+    from slimzoo.export import export_onnx
+    from slimzoo.quant.qdq import output_convs
+
+    # conv -> Hardswish -> conv: the first conv's output reaches an integer conv; the last holds most weights
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), nn.Conv2d(8, 64, 3)).eval()
+    model = onnx.load(str(export_onnx(m, tmp_path / "fp32.onnx", torch.randn(1, 3, 16, 16))))
+    assert output_convs(model) == []

@@ -29,7 +29,7 @@ def _only_layer_plan(model, layer: str, target: str = "onnxruntime") -> QdqPlan:
         if n.op_type in ("Relu", "Clip") and producer_of.get(n.input[0]) is not None \
                 and producer_of[n.input[0]].name == layer:
             keep.discard(n.name)
-    return plan_qdq(model, keep, target)
+    return plan_qdq(model, keep, target, output_float=False)  # alone, the layer's output feeds no integer op
 
 
 def _sub_qparams(full: QuantParams, full_plan: QdqPlan, plan: QdqPlan) -> QuantParams:

@@ -79,7 +79,8 @@ def prepare_qat(model: nn.Module, example_inputs: torch.Tensor, calib_batches: I
         onnx_model = onnx.load(str(path))
     preprocess(onnx_model, cfg.calibration.target)  # the graph PTQ quantizes (Pad fused, hard activations split)
     float_stem = set(stem_layers(onnx_model)) if cfg.calibration.stem == "float" else set()  # "auto": int8
-    plan = plan_qdq(onnx_model, set(cfg.keep_fp32) | float_stem, cfg.calibration.target)
+    plan = plan_qdq(onnx_model, set(cfg.keep_fp32) | float_stem, cfg.calibration.target,
+                    output_float=cfg.calibration.output_convs == "float")
     ranges = collect_ranges(onnx_model, plan.activations, calib_batches, method=cfg.calibration.calibration,
                             percentile=cfg.calibration.percentile)
     ranges = {t: ranges[t] for t in plan.activations}

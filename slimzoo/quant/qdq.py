@@ -320,12 +320,53 @@ def channel_multiplier_convs(model) -> list[str]:
     return out
 
 
-def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntime") -> QdqPlan:
+# an output conv holding at most this share of the model's weights runs in float (output_convs="float"): the
+# prediction convs of YOLOv3 hold 0.1-0.3% (measured: docs/quantization.md "Output convs")
+OUTPUT_CONV_SHARE = 0.02
+OUTPUT_CONVS = ("float", "int8")
+
+
+def output_convs(model, keep_fp32: set[str] | None = None) -> list[str]:
+    """Convs whose output reaches no other op that runs in INT8, by any path: what follows them is float
+    post-processing or the model's outputs (a detector's prediction convs, whose raw outputs go to box decoding; a
+    segmenter's classifier before a float Resize), each holding at most ``OUTPUT_CONV_SHARE`` of the model's
+    weights. ONNX Runtime has no conv kernel with integer inputs and a float output, so an integer conv rounds its
+    output to one uint8 grid: for a YOLOv3 head that grid is shared by box offsets (decoded through ``exp``),
+    objectness and class scores, and the INT8 detectors lost 0.65-0.80 box mAP to it (0.0 with the three
+    prediction convs in float)."""
+    gr = _Graph(model, set(keep_fp32 or ()), "onnxruntime")
+    _find_rescales(gr)
+    _find_region(gr)
+    sizes = {i.name: int(np.prod(i.dims)) for i in gr.g.initializer}
+    total = sum(sizes.get(n.input[COMPUTE[n.op_type]], 0) for n in gr.g.node
+                if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type])
+    out = []
+    for n in gr.g.node:
+        if n.op_type not in CONV_OPS or n.name not in gr.region:
+            continue
+        seen, stack, reaches = set(), [n.output[0]], False
+        while stack and not reaches:
+            for c in gr.consumers[stack.pop()]:
+                if c.name in gr.region:
+                    reaches = True
+                    break
+                for o in c.output:
+                    if o not in seen:
+                        seen.add(o)
+                        stack.append(o)
+        if not reaches and sizes.get(gr.alias.get(n.input[1], n.input[1]), 0) <= OUTPUT_CONV_SHARE * total:
+            out.append(n.name)
+    return out
+
+
+def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntime",
+             output_float: bool = True) -> QdqPlan:
     """Decide quantization placement for an FP32 ONNX model.
 
     ``keep_fp32`` names layers to leave in float, by ONNX node name or PyTorch module name. ``target``:
     ``onnxruntime`` quantizes every conv's output (its integer conv kernels need the QuantizeLinear after
-    the conv) and leaves channel-multiplier convs in float (:func:`channel_multiplier_convs`); ``openvino``
+    the conv) and leaves channel-multiplier convs in float (:func:`channel_multiplier_convs`), and with
+    ``output_float`` the small convs whose output no integer op reads (:func:`output_convs`); ``openvino``
     quantizes a conv's output only where an integer op reads it, as NNCF does
     (OpenVINO runs a conv in int8 from its quantized inputs alone, and a QuantizeLinear before a float op
     such as Hardswish only costs it time).
@@ -335,6 +376,8 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
     keep = set(keep_fp32 or ())
     if target == "onnxruntime":
         keep |= set(channel_multiplier_convs(model))
+        if output_float:  # the openvino placement leaves an output conv's output unquantized anyway
+            keep |= set(output_convs(model, keep))
     gr = _Graph(model, keep, target)
     plan = QdqPlan(target=target)
     _find_rescales(gr)
