@@ -337,26 +337,29 @@ def output_convs(model, keep_fp32: set[str] | None = None) -> list[str]:
     gr = _Graph(model, set(keep_fp32 or ()), "onnxruntime")
     _find_rescales(gr)
     _find_region(gr)
-    sizes = {i.name: int(np.prod(i.dims)) for i in gr.g.initializer}
-    total = sum(sizes.get(n.input[COMPUTE[n.op_type]], 0) for n in gr.g.node
-                if n.op_type in COMPUTE and len(n.input) > COMPUTE[n.op_type])
-    out = []
-    for n in gr.g.node:
-        if n.op_type not in CONV_OPS or n.name not in gr.region:
-            continue
-        seen, stack, reaches = set(), [n.output[0]], False
-        while stack and not reaches:
+    return _output_convs(gr)
+
+
+def _output_convs(gr: _Graph) -> list[str]:
+    """:func:`output_convs` on a graph whose INT8 region is found."""
+    def weights(n) -> int:
+        w = n.input[COMPUTE[n.op_type]] if len(n.input) > COMPUTE[n.op_type] else ""
+        return sizes.get(gr.alias.get(w, w), 0)
+
+    def reaches_region(t: str) -> bool:  # through any op, float ones included
+        seen, stack = {t}, [t]
+        while stack:
             for c in gr.consumers[stack.pop()]:
                 if c.name in gr.region:
-                    reaches = True
-                    break
-                for o in c.output:
-                    if o not in seen:
-                        seen.add(o)
-                        stack.append(o)
-        if not reaches and sizes.get(gr.alias.get(n.input[1], n.input[1]), 0) <= OUTPUT_CONV_SHARE * total:
-            out.append(n.name)
-    return out
+                    return True
+                stack.extend(o for o in c.output if o not in seen)
+                seen.update(c.output)
+        return False
+
+    sizes = {i.name: int(np.prod(i.dims)) for i in gr.g.initializer}
+    total = sum(weights(n) for n in gr.g.node if n.op_type in COMPUTE)
+    return [n.name for n in gr.g.node if n.op_type in CONV_OPS and n.name in gr.region
+            and weights(n) <= OUTPUT_CONV_SHARE * total and not reaches_region(n.output[0])]
 
 
 def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntime",
@@ -376,12 +379,16 @@ def plan_qdq(model, keep_fp32: set[str] | None = None, target: str = "onnxruntim
     keep = set(keep_fp32 or ())
     if target == "onnxruntime":
         keep |= set(channel_multiplier_convs(model))
-        if output_float:  # the openvino placement leaves an output conv's output unquantized anyway
-            keep |= set(output_convs(model, keep))
     gr = _Graph(model, keep, target)
     plan = QdqPlan(target=target)
     _find_rescales(gr)
     _find_region(gr)
+    if target == "onnxruntime" and output_float:  # openvino leaves an output conv's output unquantized anyway
+        extra = _output_convs(gr)
+        if extra:  # those convs leave the region, and so may the ops that fed only them
+            gr.keep_fp32 |= set(extra)
+            gr.region.clear()
+            _find_region(gr)
     plan.kept_fp32 = [n.name for n in gr.g.node if n.name in gr.keep_fp32 and n.op_type in COMPUTE
                       and len(n.input) > COMPUTE[n.op_type] and n.input[COMPUTE[n.op_type]] in gr.inits]
     effective_out = _fold_activations(gr, plan)
