@@ -706,11 +706,12 @@ def _after_interrupt(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    joined = False
     try:
         if args.command in ("train", "eval", "sensitivity", "prune", "qat"):  # under torchrun: join the group
             from . import distributed
 
-            distributed.init()
+            joined = distributed.init()
         args.func(args)
         from . import distributed
 
@@ -721,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"slimzoo: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
+    if joined:  # a torchrun rank whose work is done: no interpreter teardown (see distributed.exit_after_shutdown)
+        distributed.exit_after_shutdown(0)
     return 0
 
 

@@ -26,8 +26,12 @@ def _free_port() -> int:
 
 def _errors(stderr: str) -> str:
     """The lines of a failed run's stderr that say what went wrong (each rank's, not only torchrun's summary)."""
-    lines = [ln for ln in stderr.splitlines() if any(w in ln for w in ("Error", "error", "terminate", "what()"))]
-    return "\n".join(lines[:40]) or stderr[-3000:]
+    lines, stack = [], False
+    for ln in stderr.splitlines():
+        stack = stack or "Fatal Python error" in ln  # faulthandler's dump of the aborting rank: every line of it
+        if stack or any(w in ln for w in ("Error", "error", "terminate", "what()")):
+            lines.append(ln)
+    return "\n".join(lines[:80]) or stderr[-3000:]
 
 
 def _one(args: list[str]) -> subprocess.CompletedProcess:
