@@ -707,11 +707,19 @@ def _after_interrupt(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     joined = False
-    try:
-        if args.command in ("train", "eval", "sensitivity", "prune", "qat"):  # under torchrun: join the group
-            from . import distributed
+    if args.command in ("train", "eval", "sensitivity", "prune", "qat"):  # under torchrun: join the group
+        from . import distributed
 
-            joined = distributed.init()
+        joined = distributed.init()
+    code = _run(args)
+    if joined:  # a torchrun rank: no interpreter teardown (see distributed.exit_rank)
+        distributed.exit_rank(code)
+    return code
+
+
+def _run(args) -> int:
+    """The command, its errors as one line each, and its exit code."""
+    try:
         args.func(args)
         from . import distributed
 
@@ -722,8 +730,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"slimzoo: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
-    if joined:  # a torchrun rank whose work is done: no interpreter teardown (see distributed.exit_after_shutdown)
-        distributed.exit_after_shutdown(0)
     return 0
 
 

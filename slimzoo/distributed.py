@@ -39,15 +39,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def exit_after_shutdown(code: int) -> None:
-    """End a torchrun rank whose work is done, written and reported, without interpreter finalization.
+def exit_rank(code: int) -> None:
+    """End a torchrun rank whose work is done (or failed with a message already printed), without interpreter
+    finalization.
 
-    Rarely (twice on record in CI on 2-core CPUs, never in 16 local runs) a torchrun rank aborted with "terminate
+    Rarely (twice on record in CI on 2-core CPUs, never in 36 local runs) a torchrun rank aborted with "terminate
     called without an active exception", the message of a native thread still running while its owner is
-    destroyed; the one place slimzoo leaves such threads behind is interpreter teardown (gloo's and ONNX
-    Runtime's thread pools). Once the group is left and the files are written nothing remains to do, so the rank
-    flushes its streams and leaves with its exit code. Should a rank abort earlier, :func:`init`'s faulthandler
-    prints where.
+    destroyed; interpreter teardown is where such threads meet their owners' destructors (gloo's and ONNX
+    Runtime's pools, and after an error a process group never left). Once the group is left and the files are
+    written, or the error is printed, nothing remains to do: the rank flushes its streams and leaves with its exit
+    code, and torchrun ends the other ranks when it is not 0. Should a rank abort earlier, :func:`init`'s
+    faulthandler prints where.
     """
     for stream in (sys.stdout, sys.stderr):
         try:

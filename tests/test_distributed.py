@@ -145,3 +145,15 @@ def test_qat_under_torchrun(tmp_path, synth_cls):
     assert len(qa) > 10 and qa == qb
     assert OnnxPredictor(tmp_path / "two.onnx")(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert abs(m1["top1"] - m2[0]["top1"]) <= 15
+
+
+def test_error_under_torchrun_is_one_line_per_rank(tmp_path):
+    """A bad argument under torchrun: each rank prints slimzoo's one-line error and exits with its code (2), with
+    no abort at teardown and no rank left waiting for the other."""
+    r = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "slimzoo.cli",
+                        "eval", "--data", str(tmp_path / "missing"), "--checkpoint", str(tmp_path / "ck")],
+                       capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode != 0
+    assert "slimzoo: error:" in r.stderr and "missing" in r.stderr
+    assert "terminate called" not in r.stderr and "Fatal Python error" not in r.stderr
+    assert "exitcode  : 2" in r.stderr  # torchrun's summary: the rank's own code, not a signal
