@@ -43,9 +43,9 @@ def exit_rank(code: int) -> None:
     """End a torchrun rank whose work is done (or failed with a message already printed), without interpreter
     finalization.
 
-    Rarely (twice on record in CI on 2-core CPUs, never in 36 local runs) a torchrun rank aborted with "terminate
-    called without an active exception", the message of a native thread still running while its owner is
-    destroyed; interpreter teardown is where such threads meet their owners' destructors (gloo's and ONNX
+    Rarely (once in CI, once before on a 2-core machine beside a busy pytest worker; never in 36 runs of the
+    failing command here) a torchrun rank aborted with "terminate called without an active exception", the
+    message of a native thread still running while its owner is destroyed; interpreter teardown is where such threads meet their owners' destructors (gloo's and ONNX
     Runtime's pools, and after an error a process group never left). Once the group is left and the files are
     written, or the error is printed, nothing remains to do: the rank flushes its streams and leaves with its exit
     code, and torchrun ends the other ranks when it is not 0. Should a rank abort earlier, :func:`init`'s
